@@ -1,0 +1,44 @@
+//! The subcommands of `mvrun`, one file each.
+
+pub mod vm;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Run untrusted OCI images, each in its own KVM microVM.
+#[derive(Debug, Parser)]
+#[command(name = "mvrun", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level or filter for mvrun's own logs on stderr (error, warn, info, debug, trace; or a tracing filter).
+    #[arg(long, global = true, env = "MVRUN_LOG")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Low-level VM commands (boot a kernel directly).
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+}
+
+/// Logs go to stderr; the default shows warnings and errors only.
+pub fn init_logging(level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or("warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs one subcommand and returns the process exit code.
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Vm(cmd) => vm::run(cmd),
+    }
+}

@@ -1,0 +1,6 @@
+//! mvrun: run untrusted OCI images in their own KVM microVM.
+//!
+//! This library holds what the `mvrun` CLI (and later the containerd shim) share: where files live, the guest
+//! kernel store, and the sandbox that ties images, the VMM and the guest agent together.
+
+pub mod paths;

@@ -1,0 +1,19 @@
+//! `mvrun`: the command-line front end. Parses arguments and hands each subcommand to `cli::<cmd>`.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.log_level.as_deref());
+    match cli::dispatch(args.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("mvrun: error: {err:#}");
+            // 125: mvrun's own failure, as docker and podman report it.
+            ExitCode::from(125)
+        }
+    }
+}

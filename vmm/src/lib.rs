@@ -1,0 +1,2 @@
+//! mvrun's virtual machine monitor.
+#![deny(missing_docs)]
