@@ -1,2 +1,143 @@
 //! mvrun's virtual machine monitor.
+//!
+//! Built on the rust-vmm crates: `kvm-ioctls` for the VM and vCPUs, `vm-memory` for guest RAM, `linux-loader` for
+//! the kernel, `vm-superio` for the console and the i8042, `event-manager` for the one event loop. A [`VmConfig`]
+//! goes through [`builder::build_vm`] straight to a [`Vmm`], whose [`Vmm::run`] starts the vCPU threads and serves
+//! events until the guest resets, shuts down, fails, or the timeout passes.
 #![deny(missing_docs)]
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod loader;
+pub mod vstate;
+
+pub use builder::{build_vm, BuildError};
+pub use config::{Payload, RawMode, VmConfig, DEFAULT_CMDLINE};
+pub use exit::VmExit;
+
+use event_loop::EventLoop;
+use exit::ExitSignal;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Figures the VMM measures about itself.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// From launch to the end of VM setup.
+    pub setup: Duration,
+    /// From launch to the boot vCPU's first KVM_RUN.
+    pub first_kvm_run: Option<Duration>,
+    /// From launch to the guest's boot-timer write.
+    pub boot_timer: Option<Duration>,
+    /// The VMM's resident memory just before the guest ran, in KiB.
+    pub rss_before_run_kib: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// Why the VM stopped.
+    pub exit: VmExit,
+    /// True when the timeout ended it.
+    pub timed_out: bool,
+    /// Measurements.
+    pub timings: Timings,
+}
+
+/// A built VM, ready to run. Field order matters for drop: the vCPUs and VM go before guest memory.
+pub struct Vmm {
+    vcpus: Vec<vstate::vcpu::Vcpu>,
+    vm_fd: kvm_ioctls::VmFd,
+    guest_memory: vstate::memory::GuestMemory,
+    io_bus: Arc<devices::bus::Bus>,
+    mmio_bus: Arc<devices::bus::Bus>,
+    exit: Arc<ExitSignal>,
+    event_loop: EventLoop,
+    boot_time: Arc<OnceLock<Duration>>,
+    start: Instant,
+    setup_done: Instant,
+}
+
+impl Vmm {
+    /// Guest memory, for devices and tests.
+    pub fn guest_memory(&self) -> &vstate::memory::GuestMemory {
+        &self.guest_memory
+    }
+
+    /// The KVM VM, for attaching devices.
+    pub fn vm_fd(&self) -> &kvm_ioctls::VmFd {
+        &self.vm_fd
+    }
+
+    /// Runs the guest until it ends or `timeout` passes, then stops every vCPU.
+    pub fn run(mut self, timeout: Option<Duration>) -> RunOutcome {
+        let rss = rss_kib();
+        let shared = vstate::vcpu::VcpuShared {
+            io_bus: self.io_bus.clone(),
+            mmio_bus: self.mmio_bus.clone(),
+            exit: self.exit.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            first_run: Arc::new(OnceLock::new()),
+        };
+        let mut threads = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            match vcpu.start(shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.exit.signal(VmExit::VcpuError {
+                        vcpu: threads.len() as u8,
+                        message: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut timed_out = false;
+        while self.exit.reason().is_none() {
+            let wait_ms = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        timed_out = true;
+                        self.exit.signal(VmExit::Stopped);
+                        break;
+                    }
+                    left.as_millis().clamp(1, 100) as i32
+                }
+                None => 100,
+            };
+            if let Err(e) = self.event_loop.run_with_timeout(wait_ms) {
+                tracing::error!("event loop failed: {e:?}");
+                self.exit.signal(VmExit::VcpuError {
+                    vcpu: 0,
+                    message: format!("event loop failed: {e:?}"),
+                });
+            }
+        }
+        vstate::vcpu::stop_all(&shared.stop, threads);
+        let exit = self.exit.reason().unwrap_or(VmExit::Stopped);
+        RunOutcome {
+            exit,
+            timed_out,
+            timings: Timings {
+                setup: self.setup_done - self.start,
+                first_kvm_run: shared.first_run.get().map(|t| *t - self.start),
+                boot_timer: self.boot_time.get().copied(),
+                rss_before_run_kib: rss,
+            },
+        }
+    }
+}
+
+/// This process's resident set size in KiB.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
