@@ -4,3 +4,4 @@
 //! kernel store, and the sandbox that ties images, the VMM and the guest agent together.
 
 pub mod paths;
+pub mod sandbox;

@@ -1,5 +1,6 @@
 //! The subcommands of `mvrun`, one file each.
 
+pub mod run;
 pub mod vm;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ pub struct Cli {
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in a new microVM sandbox.
+    Run(Box<run::RunArgs>),
     /// Low-level VM commands (boot a kernel directly).
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -39,6 +42,7 @@ pub fn init_logging(level: Option<&str>) {
 /// Runs one subcommand and returns the process exit code.
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run(args) => run::run(*args),
         Command::Vm(cmd) => vm::run(cmd),
     }
 }
