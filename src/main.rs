@@ -6,6 +6,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`mvrun check | head`), as command-line tools do, instead of panicking.
+    // SAFETY: resetting a signal's disposition to its default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     cli::init_logging(args.log_level.as_deref());
     match cli::dispatch(args.command) {

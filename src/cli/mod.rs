@@ -1,5 +1,6 @@
 //! The subcommands of `mvrun`, one file each.
 
+pub mod check;
 pub mod run;
 pub mod vm;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Audit this host, an image and a run configuration against the container-hardening checklist.
+    Check(Box<check::CheckArgs>),
     /// Run a command in a new microVM sandbox.
     Run(Box<run::RunArgs>),
     /// Low-level VM commands (boot a kernel directly).
@@ -42,6 +45,7 @@ pub fn init_logging(level: Option<&str>) {
 /// Runs one subcommand and returns the process exit code.
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Check(args) => check::run(*args),
         Command::Run(args) => run::run(*args),
         Command::Vm(cmd) => vm::run(cmd),
     }

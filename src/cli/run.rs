@@ -15,6 +15,18 @@ use std::process::ExitCode;
     127 when it does not exist; 128+N when a signal N ended it."
 )]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// Image to run (e.g. busybox, registry.example/app:1.0).
+    pub image: String,
+    /// Command and arguments (replaces the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// The flags of `mvrun run`, shared with `mvrun check`, which audits a run configuration.
+#[derive(Debug, Args)]
+pub struct RunFlags {
     /// Keep stdin open and forward it to the workload.
     #[arg(short, long)]
     pub interactive: bool,
@@ -124,16 +136,10 @@ pub struct RunArgs {
     /// Not supported.
     #[arg(long = "gpus", hide = true)]
     pub gpus: Option<String>,
-
-    /// Image to run (e.g. busybox, registry.example/app:1.0).
-    pub image: String,
-    /// Command and arguments (replaces the image's Cmd).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
 }
 
-/// Turns the flags into [`RunOptions`], refusing what mvrun does not support.
-pub fn to_options(a: RunArgs) -> anyhow::Result<RunOptions> {
+/// Turns the flags into [`RunOptions`] for `image` and `command`, refusing what mvrun does not support.
+pub fn to_options(a: RunFlags, image: String, command: Vec<String>) -> anyhow::Result<RunOptions> {
     let unsupported: [(&str, bool); 9] = [
         (
             "-p/--publish (use --network tap:NAME and route to the guest)",
@@ -154,8 +160,8 @@ pub fn to_options(a: RunArgs) -> anyhow::Result<RunOptions> {
     if let Some((flag, _)) = unsupported.iter().find(|(_, used)| *used) {
         return Err(options::Error::Unsupported(flag.to_string()).into());
     }
-    let mut o = RunOptions::new(a.image);
-    o.command = a.command;
+    let mut o = RunOptions::new(image);
+    o.command = command;
     o.entrypoint = a
         .entrypoint
         .map(|e| e.split_whitespace().map(str::to_string).collect());
@@ -198,9 +204,6 @@ pub fn to_options(a: RunArgs) -> anyhow::Result<RunOptions> {
     o.hostname = a.hostname;
     o.kernel = a.kernel;
     o.timings = a.timings;
-    if o.detach && o.remove && o.tty {
-        // Allowed by Docker too; nothing to refuse.
-    }
     if o.detach && o.interactive {
         anyhow::bail!("-i cannot be combined with -d: a detached sandbox has no stdin to forward");
     }
@@ -209,7 +212,7 @@ pub fn to_options(a: RunArgs) -> anyhow::Result<RunOptions> {
 
 /// Runs `mvrun run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let options = to_options(args)?;
+    let options = to_options(args.flags, args.image, args.command)?;
     let code = mvrun::sandbox::run(options)?;
     Ok(ExitCode::from(code))
 }
@@ -227,7 +230,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> anyhow::Result<RunOptions> {
         let t = T::try_parse_from(std::iter::once("run").chain(args.iter().copied()))?;
-        to_options(t.run)
+        to_options(t.run.flags, t.run.image, t.run.command)
     }
 
     #[test]
