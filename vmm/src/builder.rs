@@ -1,14 +1,17 @@
-//! Builds a VM from a [`VmConfig`], straight through: KVM, memory, payload, MP table, devices, vCPUs.
-//! The order is fixed so port and MMIO addresses and GSIs stay the same from run to run.
+//! Builds a VM from a [`VmConfig`], straight through: KVM, memory, legacy devices, virtio devices, payload,
+//! MP table, vCPUs. The order is fixed so port and MMIO addresses and GSIs stay the same from run to run: virtio
+//! devices take slots in the order blk (as configured), vsock, net, rng. They are placed before the payload is
+//! loaded because their `virtio_mmio.device=` entries go on the kernel command line.
 
 use crate::arch::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE, SERIAL_GSI};
 use crate::arch::{mptable, regs};
-use crate::config::{self, VmConfig};
+use crate::config::{self, Payload, VmConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{self, Bus};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{ConsoleOut, SerialConsole};
 use crate::devices::legacy::{COM1_PORT, I8042_PORT};
+use crate::devices::virtio::{self, block, rng, DeviceEnv};
 use crate::event_loop::{EventLoop, ExitWatcher};
 use crate::exit::ExitSignal;
 use crate::vstate::{memory, vcpu, vm};
@@ -45,6 +48,24 @@ pub enum BuildError {
     /// A vCPU could not be created.
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    /// A virtio device could not be placed (slot, irqfd, ioeventfd).
+    #[error(transparent)]
+    Virtio(#[from] virtio::Error),
+    /// A virtio-blk device could not be created.
+    #[error(transparent)]
+    Block(#[from] block::Error),
+    /// The virtio-rng device could not be created.
+    #[error(transparent)]
+    Rng(#[from] rng::Error),
+    /// The virtio-vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] virtio::vsock::Error),
+    /// The virtio-net device could not be created.
+    #[error(transparent)]
+    Net(#[from] virtio::net::Error),
+    /// The command line with the device entries is too long.
+    #[error(transparent)]
+    Cmdline(config::Error),
     /// An eventfd, irqfd or the event loop could not be set up.
     #[error("failed to set up the {what}")]
     Event {
@@ -72,10 +93,6 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
     let guest_memory = memory::create(mem_size)?;
     let vm_fd = vm::create_vm(&kvm, &guest_memory)?;
 
-    let boot = loader::load(&guest_memory, mem_size, &config.payload)?;
-    regs::write_boot_tables(&guest_memory, boot.mode)?;
-    mptable::write(&guest_memory, config.vcpus)?;
-
     let exit = ExitSignal::new().map_err(io_err("exit eventfd"))?;
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
@@ -96,6 +113,27 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         )
         .map_err(|e| BuildError::Bus("boot timer", e))?;
 
+    let mut event_loop = EventLoop::new().map_err(io_err("event loop"))?;
+    event_loop.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(exit.clone()))));
+
+    let mut env = DeviceEnv {
+        vm_fd: &vm_fd,
+        mem: &guest_memory,
+        mmio_bus: &mut mmio_bus,
+        event_loop: &mut event_loop,
+        placed: 0,
+        cmdline: Vec::new(),
+    };
+    attach_block_devices(&mut env, config)?;
+    attach_vsock_device(&mut env, config)?;
+    attach_net_device(&mut env, config)?;
+    attach_rng_device(&mut env, config)?;
+    let payload = with_device_cmdline(&config.payload, &env.cmdline)?;
+
+    let boot = loader::load(&guest_memory, mem_size, &payload)?;
+    regs::write_boot_tables(&guest_memory, boot.mode)?;
+    mptable::write(&guest_memory, config.vcpus)?;
+
     let vcpus = (0..config.vcpus)
         .map(|i| vcpu::create(&kvm, &vm_fd, i, config.vcpus, boot))
         .collect::<Result<Vec<_>, _>>()?;
@@ -103,9 +141,6 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         what: "vCPU kick signal",
         source,
     })?;
-
-    let mut event_loop = EventLoop::new().map_err(io_err("event loop"))?;
-    event_loop.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(exit.clone()))));
 
     Ok(Vmm {
         vcpus,
@@ -119,6 +154,69 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         start,
         setup_done: Instant::now(),
     })
+}
+
+/// The payload with the devices' `virtio_mmio.device=` entries appended to a kernel's command line.
+fn with_device_cmdline(payload: &Payload, entries: &[String]) -> Result<Payload, BuildError> {
+    match payload {
+        Payload::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } if !entries.is_empty() => {
+            let words: Vec<&str> = entries.iter().map(String::as_str).collect();
+            let cmdline = config::cmdline_with(cmdline, &words);
+            if cmdline.len() >= crate::arch::layout::CMDLINE_MAX_SIZE {
+                return Err(BuildError::Cmdline(config::Error::CmdlineTooLong(
+                    cmdline.len(),
+                )));
+            }
+            Ok(Payload::Kernel {
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                cmdline,
+            })
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+fn attach_block_devices(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
+    for disk in &config.block {
+        let backend = block::FileBackend::open(&disk.path, disk.read_only)?;
+        let dev = block::Block::new(Box::new(backend), disk.read_only, &disk.id)?;
+        let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
+        tracing::debug!(path = %disk.path.display(), read_only = disk.read_only, "virtio-blk at {:#x}", slot.base);
+    }
+    Ok(())
+}
+
+fn attach_vsock_device(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
+    if let Some(v) = &config.vsock {
+        let backend = virtio::vsock::UnixBackend::bind(&v.uds_path)?;
+        let dev = virtio::vsock::Vsock::new(v.guest_cid, Box::new(backend))?;
+        let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
+        tracing::debug!(cid = v.guest_cid, uds = %v.uds_path.display(), "virtio-vsock at {:#x}", slot.base);
+    }
+    Ok(())
+}
+
+fn attach_net_device(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
+    if let Some(n) = &config.net {
+        let tap = virtio::net::Tap::open(&n.tap_name, n.netns.as_deref())?;
+        let dev = virtio::net::Net::new(Box::new(tap), n.mac)?;
+        let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
+        tracing::debug!(tap = %n.tap_name, "virtio-net at {:#x}", slot.base);
+    }
+    Ok(())
+}
+
+fn attach_rng_device(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
+    if config.rng {
+        let dev = rng::Rng::new(Box::new(rng::Getrandom))?;
+        virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(())
 }
 
 fn attach_serial(

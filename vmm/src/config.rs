@@ -49,7 +49,71 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// virtio-blk disks, in order: the first is /dev/vda.
+    pub block: Vec<BlockConfig>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+    /// The virtio-net device, if any.
+    pub net: Option<NetConfig>,
+    /// Whether to give the guest a virtio-rng device fed by the host's getrandom.
+    pub rng: bool,
 }
+
+impl Default for VmConfig {
+    /// 1 vCPU, 256 MiB, no devices, and an empty raw payload that `validate` refuses: set `payload`.
+    fn default() -> Self {
+        VmConfig {
+            payload: Payload::Raw {
+                code: Vec::new(),
+                mode: RawMode::Real,
+            },
+            mem_mib: 256,
+            vcpus: 1,
+            block: Vec::new(),
+            vsock: None,
+            net: None,
+            rng: false,
+        }
+    }
+}
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Open it read-only; the guest sees a read-only disk and its writes fail with an I/O error.
+    pub read_only: bool,
+    /// The disk's serial (GET_ID, /sys/block/vdX/serial); at most 20 bytes are used.
+    pub id: String,
+}
+
+/// A virtio-vsock device with Firecracker's hybrid unix-socket backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID (3 or more).
+    pub guest_cid: u64,
+    /// The VMM listens here for host-initiated connections (`CONNECT <port>\n`); a guest connection to host
+    /// port P goes to a listener at `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+/// A virtio-net device on a tap interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap interface's name (created if it does not exist, as TUNSETIFF does).
+    pub tap_name: String,
+    /// A network namespace file (e.g. /var/run/netns/NAME) to open the tap in; `None` for the VMM's own.
+    pub netns: Option<PathBuf>,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// The most virtio devices a VM can have (GSIs 5..23 of the IOAPIC).
+pub const MAX_VIRTIO_DEVICES: usize =
+    (crate::arch::layout::IOAPIC_PINS - crate::arch::layout::VIRTIO_GSI_START) as usize;
+/// Room `sun_path` leaves for the vsock socket path after the longest `_<port>` suffix.
+const MAX_UDS_PATH: usize = 107 - 11;
 
 /// A configuration the VMM refuses, before touching KVM.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +146,27 @@ pub enum Error {
     /// An empty raw payload.
     #[error("raw payload is empty")]
     EmptyRaw,
+    /// More virtio devices than GSIs.
+    #[error("{0} virtio devices requested, at most {MAX_VIRTIO_DEVICES} fit")]
+    TooManyDevices(usize),
+    /// A disk image is missing.
+    #[error("disk image {0} does not exist")]
+    MissingDisk(PathBuf),
+    /// A reserved or out-of-range vsock CID.
+    #[error("invalid guest CID {0}: must be at least 3 and below 2^32 - 1")]
+    GuestCid(u64),
+    /// The vsock socket path is too long for a unix socket (with its `_<port>` suffixes).
+    #[error("vsock socket path {0} is too long: at most {MAX_UDS_PATH} bytes")]
+    UdsPathTooLong(PathBuf),
+    /// The vsock socket's directory is missing.
+    #[error("the directory of vsock socket {0} does not exist")]
+    UdsDirMissing(PathBuf),
+    /// A tap name that Linux refuses.
+    #[error("invalid tap name {0:?}: 1 to 15 bytes, no '/' or whitespace")]
+    TapName(String),
+    /// A network namespace file is missing.
+    #[error("network namespace {0} does not exist")]
+    MissingNetns(PathBuf),
 }
 
 impl VmConfig {
@@ -95,6 +180,7 @@ impl VmConfig {
             },
             mem_mib: 256,
             vcpus: 1,
+            ..Default::default()
         }
     }
 
@@ -139,6 +225,54 @@ impl VmConfig {
             Payload::Raw { code, .. } if code.is_empty() => return Err(Error::EmptyRaw),
             Payload::Raw { .. } => {}
         }
+        self.validate_devices()
+    }
+
+    /// How many virtio devices this VM gets.
+    pub fn virtio_device_count(&self) -> usize {
+        self.block.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.net.is_some())
+            + usize::from(self.rng)
+    }
+
+    fn validate_devices(&self) -> Result<(), Error> {
+        let n = self.virtio_device_count();
+        if n > MAX_VIRTIO_DEVICES {
+            return Err(Error::TooManyDevices(n));
+        }
+        if let Some(b) = self.block.iter().find(|b| !b.path.exists()) {
+            return Err(Error::MissingDisk(b.path.clone()));
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
+                return Err(Error::GuestCid(v.guest_cid));
+            }
+            if v.uds_path.as_os_str().len() > MAX_UDS_PATH {
+                return Err(Error::UdsPathTooLong(v.uds_path.clone()));
+            }
+            let dir = match v.uds_path.parent() {
+                Some(p) if p.as_os_str().is_empty() => std::path::Path::new("."),
+                Some(p) => p,
+                None => return Err(Error::UdsDirMissing(v.uds_path.clone())),
+            };
+            if !dir.is_dir() {
+                return Err(Error::UdsDirMissing(v.uds_path.clone()));
+            }
+        }
+        if let Some(net) = &self.net {
+            let name = &net.tap_name;
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.contains(char::is_whitespace)
+            {
+                return Err(Error::TapName(name.clone()));
+            }
+            if let Some(ns) = net.netns.as_ref().filter(|p| !p.exists()) {
+                return Err(Error::MissingNetns(ns.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -178,6 +312,7 @@ mod tests {
             },
             mem_mib: 64,
             vcpus: 1,
+            ..Default::default()
         }
     }
 
@@ -238,6 +373,60 @@ mod tests {
         assert_eq!(
             cmdline_with("console=ttyS0", &[" quiet ", "", "mvrun.x=1"]),
             "console=ttyS0 quiet mvrun.x=1"
+        );
+    }
+
+    #[test]
+    fn device_configs_are_checked() {
+        let mut c = raw();
+        c.block = vec![BlockConfig {
+            path: "/nonexistent/rootfs.img".into(),
+            read_only: true,
+            id: "rootfs".into(),
+        }];
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "disk image /nonexistent/rootfs.img does not exist"
+        );
+        c.block[0].path = "/proc/self/exe".into();
+        c.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        assert_eq!(c.validate(), Err(Error::GuestCid(2)));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: format!("/tmp/{}", "x".repeat(100)).into(),
+        });
+        assert!(matches!(c.validate(), Err(Error::UdsPathTooLong(_))));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/nonexistent/dir/v.sock".into(),
+        });
+        assert!(matches!(c.validate(), Err(Error::UdsDirMissing(_))));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        c.net = Some(NetConfig {
+            tap_name: "much-too-long-tap-name".into(),
+            netns: None,
+            mac: [2, 0, 0, 0, 0, 1],
+        });
+        assert!(matches!(c.validate(), Err(Error::TapName(_))));
+        c.net = Some(NetConfig {
+            tap_name: "tap0".into(),
+            netns: Some("/nonexistent/netns".into()),
+            mac: [2, 0, 0, 0, 0, 1],
+        });
+        assert!(matches!(c.validate(), Err(Error::MissingNetns(_))));
+        c.net = None;
+        c.rng = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.block = vec![c.block[0].clone(); MAX_VIRTIO_DEVICES];
+        assert_eq!(
+            c.validate(),
+            Err(Error::TooManyDevices(MAX_VIRTIO_DEVICES + 2))
         );
     }
 

@@ -58,6 +58,7 @@ fn run(code: Vec<u8>, mode: RawMode, timeout: Duration) -> (vmm::RunOutcome, Str
         payload: Payload::Raw { code, mode },
         mem_mib: 16,
         vcpus: 1,
+        ..Default::default()
     };
     let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
     let outcome = vmm.run(Some(timeout));
@@ -144,6 +145,7 @@ fn several_vcpus_boot_and_stop() {
         },
         mem_mib: 32,
         vcpus: 4,
+        ..Default::default()
     };
     let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
     let outcome = vmm.run(Some(Duration::from_secs(10)));

@@ -1,0 +1,39 @@
+//! virtio-blk in the event loop: only the activate eventfd until DRIVER_OK, then the request queue.
+
+use super::Block;
+use crate::devices::virtio::tokens::{PROCESS_ACTIVATE, PROCESS_QUEUE_BASE};
+use crate::devices::virtio::watch_queues;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+impl MutEventSubscriber for Block {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            PROCESS_ACTIVATE => {
+                let _ = self.common.activate_evt.read();
+                watch_queues(&self.common, ops, &mut self.queues_watched);
+                if self.process_queue() {
+                    self.common.signal_used();
+                }
+            }
+            PROCESS_QUEUE_BASE => {
+                // Drained even when inactive, so a notify during a reset does not spin the loop.
+                let _ = self.common.queue_evts[0].read();
+                if self.process_queue() {
+                    self.common.signal_used();
+                }
+            }
+            other => {
+                tracing::warn!(token = other, "virtio-blk: unexpected event");
+                let _ = ops.remove(events);
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let ev = Events::with_data(&self.common.activate_evt, PROCESS_ACTIVATE, EventSet::IN);
+        if let Err(e) = ops.add(ev) {
+            tracing::error!("virtio-blk: failed to watch the activate eventfd: {e:?}");
+        }
+    }
+}

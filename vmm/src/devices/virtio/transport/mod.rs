@@ -1,0 +1,3 @@
+//! Virtio transports. mvrun's guests only see virtio-mmio.
+
+pub mod mmio;
