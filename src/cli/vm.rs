@@ -44,6 +44,10 @@ pub struct BootArgs {
     /// Print the VMM's own timings and memory to stderr when the VM ends.
     #[arg(long)]
     pub timings: bool,
+    /// Check the configuration and build the whole VM (KVM, memory, kernel, devices, vCPUs), then exit without
+    /// running it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Runs a `vm` subcommand.
@@ -65,9 +69,19 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         },
         mem_mib: args.mem,
         vcpus: args.vcpus,
+        ..Default::default()
     };
     let vmm = vmm::build_vm(&config, Box::new(std::io::stdout()), start)
         .with_context(|| format!("cannot boot {}", args.kernel.display()))?;
+    if args.dry_run {
+        if args.timings {
+            eprintln!("mvrun: VMM setup (launch -> VM built): {:.3} ms", start.elapsed().as_secs_f64() * 1000.0);
+            if let Some(kib) = vmm::rss_kib() {
+                eprintln!("mvrun: VMM RSS before the guest ran: {kib} KiB");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     let outcome = vmm.run(timeout);
     if args.timings {

@@ -1,0 +1,218 @@
+//! The messages: requests (host -> guest), replies (guest -> host) and the workload spec they carry.
+
+use serde::{Deserialize, Serialize};
+
+/// Which standard stream a stdio connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// Host -> process.
+    Stdin,
+    /// Process -> host.
+    Stdout,
+    /// Process -> host.
+    Stderr,
+}
+
+impl StreamKind {
+    /// The vsock port this stream kind is served on.
+    pub fn port(self) -> u32 {
+        match self {
+            StreamKind::Stdin => crate::STDIN_PORT,
+            StreamKind::Stdout => crate::STDOUT_PORT,
+            StreamKind::Stderr => crate::STDERR_PORT,
+        }
+    }
+}
+
+/// The seccomp policy of a workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "profile")]
+pub enum SeccompPolicy {
+    /// Docker's default profile (embedded in guest-init).
+    #[default]
+    Default,
+    /// No filter.
+    Unconfined,
+    /// A Docker-format JSON profile, given as its text.
+    Profile(String),
+}
+
+/// The container's network, when the VM has a network device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkConfig {
+    /// Guest interface to move into the container (default: the first non-loopback one, usually eth0).
+    pub interface: Option<String>,
+    /// Address with prefix length, e.g. `10.0.0.2/24`.
+    pub address: Option<String>,
+    /// Default gateway.
+    pub gateway: Option<String>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// DNS servers for /etc/resolv.conf.
+    pub dns: Vec<String>,
+}
+
+/// One process to run: the workload itself or an exec'd process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the container's PATH.
+    pub args: Vec<String>,
+    /// Environment, `KEY=VALUE` (PATH gets Docker's default when absent).
+    pub env: Vec<String>,
+    /// Working directory (default `/`).
+    pub cwd: Option<String>,
+    /// `uid[:gid]` or a name from the image's /etc/passwd (default root).
+    pub user: Option<String>,
+    /// Whether a stdin stream is attached (otherwise stdin is /dev/null).
+    pub stdin: bool,
+}
+
+/// The workload: everything `CreateAndStart` needs. Fields left out take the hardened defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkloadSpec {
+    /// The main process.
+    pub process: ProcessSpec,
+    /// Hostname (default `mvrun`).
+    pub hostname: Option<String>,
+    /// Capabilities to add to Docker's default set (`CAP_` prefix optional, `ALL` allowed).
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop (`ALL` allowed).
+    pub cap_drop: Vec<String>,
+    /// Seccomp policy.
+    pub seccomp: SeccompPolicy,
+    /// Set no_new_privs (default true; stricter than Docker).
+    pub no_new_privileges: bool,
+    /// Mount the root filesystem read-only.
+    pub read_only: bool,
+    /// tmpfs mounts, `PATH[:OPTIONS]` as `docker run --tmpfs`.
+    pub tmpfs: Vec<String>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in CPUs (e.g. 1.5).
+    pub cpus: Option<f64>,
+    /// Pids limit (guest-init applies its default when absent).
+    pub pids_limit: Option<i64>,
+    /// Network, when the VM has a network device.
+    pub network: Option<NetworkConfig>,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            process: ProcessSpec::default(),
+            hostname: None,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            seccomp: SeccompPolicy::Default,
+            no_new_privileges: true,
+            read_only: false,
+            tmpfs: Vec::new(),
+            memory_bytes: None,
+            cpus: None,
+            pids_limit: None,
+            network: None,
+        }
+    }
+}
+
+/// Requests, host -> guest. Every request gets exactly one reply, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Create the container and start its workload (process id [`crate::WORKLOAD`]). Reply: `Started`.
+    CreateAndStart(Box<WorkloadSpec>),
+    /// Start another process in the running container. Reply: `Started`.
+    Exec(Exec),
+    /// Send a signal to a process. Reply: `Ok`.
+    Signal(Signal),
+    /// Resize a process's terminal. Reply: `Ok`, or `Error` when it has none.
+    Resize(Resize),
+    /// Close a process's stdin (it reads EOF). Reply: `Ok`.
+    CloseStdin(ProcessRef),
+    /// Wait for a process to end; blocks this control connection (use another to signal meanwhile). Reply: `Exited`.
+    Wait(ProcessRef),
+    /// Kill everything and end the VM. Reply: `Ok`, then the guest reboots (the VMM stops).
+    Shutdown,
+    /// First frame on a stdio connection: binds it to a process. Reply: `Ok`, then raw bytes.
+    AttachStream(ProcessRef),
+}
+
+/// Replies, guest -> host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Done.
+    Ok,
+    /// A process started.
+    Started(Started),
+    /// A process ended.
+    Exited(Exited),
+    /// The request failed or was malformed; the connection goes on unless the framing broke.
+    Error(ErrorReply),
+}
+
+/// Names a process: [`crate::WORKLOAD`] or an exec id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    /// Process id in the protocol's numbering.
+    pub id: u32,
+}
+
+/// `Exec` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    /// Id the host chose (non-zero, unique); stdio streams attach with it before the request.
+    pub id: u32,
+    /// The process.
+    pub process: ProcessSpec,
+}
+
+/// `Signal` payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    /// Process id.
+    pub id: u32,
+    /// Signal number.
+    pub signal: i32,
+}
+
+/// `Resize` payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    /// Process id.
+    pub id: u32,
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// `Started` payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// Process id.
+    pub id: u32,
+    /// Its pid in the guest.
+    pub pid: i32,
+}
+
+/// `Exited` payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exited {
+    /// Process id.
+    pub id: u32,
+    /// Exit code as Docker reports it: the process's own code, 128+N after signal N, 126/127 when the command
+    /// could not be executed / was not found, 125 when guest-init failed to run it.
+    pub code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+}
+
+/// `Error` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// One line, "failed to ...: cause".
+    pub message: String,
+}
