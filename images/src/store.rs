@@ -193,11 +193,14 @@ impl ImageStore {
 
     /// The image stored under `reference` (a name, or `name@sha256:...`), if present.
     pub fn lookup(&self, reference: &str) -> Result<Option<Image>> {
-        if crate::builtin::is_builtin_name(reference) {
-            return self.lookup(crate::builtin::BUILTIN_NAME);
-        }
+        // The built-in image's name is kept as is (not docker.io/...), so `mvrun images` shows it as mvrun/busybox.
+        let builtin = crate::builtin::is_builtin_name(reference);
         let parsed = reference::parse(reference)?;
-        let name = parsed.whole();
+        let name = if builtin {
+            crate::builtin::BUILTIN_NAME.to_string()
+        } else {
+            parsed.whole()
+        };
         if let Some(entry) = self.read_index()?.images.get(&name) {
             let digest = Digest::parse(&entry.manifest)?;
             return self.load_image(Some(name), &digest).map(Some);
