@@ -129,7 +129,7 @@ pub enum Error {
         registry: String,
     },
     /// Connection-level failure after all retries.
-    #[error("failed to {what} from registry {registry}")]
+    #[error("failed to {what} (registry {registry})")]
     Transfer {
         /// The request.
         what: String,

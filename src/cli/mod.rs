@@ -1,6 +1,9 @@
 //! The subcommands of `mvrun`, one file each.
 
 pub mod check;
+pub mod image;
+pub mod images;
+pub mod pull;
 pub mod run;
 pub mod vm;
 
@@ -26,6 +29,13 @@ pub enum Command {
     Check(Box<check::CheckArgs>),
     /// Run a command in a new microVM sandbox.
     Run(Box<run::RunArgs>),
+    /// Pull an image from a registry into the local store.
+    Pull(pull::PullArgs),
+    /// List images in the local store.
+    Images(images::ImagesArgs),
+    /// Manage images: inspect, rm, prune, import, rootfs.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Low-level VM commands (boot a kernel directly).
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -47,6 +57,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check(args) => check::run(*args),
         Command::Run(args) => run::run(*args),
+        Command::Pull(args) => pull::run(args),
+        Command::Images(args) => images::run(args),
+        Command::Image(cmd) => image::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
     }
 }
