@@ -4,5 +4,6 @@
 //! kernel store, and the sandbox that ties images, the VMM and the guest agent together.
 
 pub mod check;
+pub mod kernel;
 pub mod paths;
 pub mod sandbox;

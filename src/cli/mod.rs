@@ -1,10 +1,16 @@
 //! The subcommands of `mvrun`, one file each.
 
 pub mod check;
+pub mod exec;
 pub mod image;
 pub mod images;
+pub mod kernel;
+pub mod logs;
+pub mod ps;
 pub mod pull;
+pub mod rm;
 pub mod run;
+pub mod stop;
 pub mod vm;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +35,16 @@ pub enum Command {
     Check(Box<check::CheckArgs>),
     /// Run a command in a new microVM sandbox.
     Run(Box<run::RunArgs>),
+    /// Run another command in a running sandbox.
+    Exec(exec::ExecArgs),
+    /// List sandboxes.
+    Ps(ps::PsArgs),
+    /// Show the output of a detached sandbox.
+    Logs(logs::LogsArgs),
+    /// Stop running sandboxes (SIGTERM, then SIGKILL).
+    Stop(stop::StopArgs),
+    /// Remove sandboxes.
+    Rm(rm::RmArgs),
     /// Pull an image from a registry into the local store.
     Pull(pull::PullArgs),
     /// List images in the local store.
@@ -36,6 +52,9 @@ pub enum Command {
     /// Manage images: inspect, rm, prune, import, rootfs.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Build and locate the guest kernel (variants: normal, emulated).
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
     /// Low-level VM commands (boot a kernel directly).
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -60,6 +79,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(args),
         Command::Images(args) => images::run(args),
         Command::Image(cmd) => image::run(cmd),
+        Command::Exec(args) => exec::run(args),
+        Command::Ps(args) => ps::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Stop(args) => stop::run(args),
+        Command::Rm(args) => rm::run(args),
+        Command::Kernel(cmd) => kernel::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
     }
 }

@@ -75,7 +75,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot boot {}", args.kernel.display()))?;
     if args.dry_run {
         if args.timings {
-            eprintln!("mvrun: VMM setup (launch -> VM built): {:.3} ms", start.elapsed().as_secs_f64() * 1000.0);
+            eprintln!(
+                "mvrun: VMM setup (launch -> VM built): {:.3} ms",
+                start.elapsed().as_secs_f64() * 1000.0
+            );
             if let Some(kib) = vmm::rss_kib() {
                 eprintln!("mvrun: VMM RSS before the guest ran: {kib} KiB");
             }

@@ -1,24 +1,209 @@
 //! The sandbox: image -> rootfs image -> `VmConfig` -> VMM process -> agent -> exit code. Both front ends (the CLI
 //! and the containerd shim) call this module; neither holds a second copy of the logic.
+//!
+//! One `mvrun run` makes a sandbox directory under the runtime root, writes a [`launch_spec::LaunchSpec`] there,
+//! and starts one small process for the sandbox: `mvrun-vmm`, which is the VMM and the sandbox's supervisor
+//! ([`supervisor`]). A foreground run waits for it and exits with its code; a detached one leaves it running.
 
+pub mod control;
 pub mod initramfs;
+pub mod launch_spec;
 pub mod options;
 pub mod state;
+pub mod supervisor;
+pub mod terminal;
+pub mod workload;
 
-use options::RunOptions;
+use crate::kernel::{self, Variant};
+use crate::paths;
+use launch_spec::{LaunchSpec, StdioMode};
+use options::{Network, RunOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use workload::ImageDefaults;
 
 /// Exit code for mvrun's own failures, as docker and podman use it.
 pub const EXIT_MVRUN_FAILED: u8 = 125;
+/// The per-sandbox VMM binary.
+pub const VMM_BINARY: &str = "mvrun-vmm";
 
-/// Errors running a sandbox.
+/// Errors preparing or starting a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The sandbox path is not complete yet.
-    #[error("mvrun run cannot start {0}: the sandbox path is not wired up in this build yet")]
-    NotReady(String),
+    /// The image could not be resolved or its rootfs built.
+    #[error(transparent)]
+    Image(#[from] images::Error),
+    /// The guest kernel could not be found or built.
+    #[error(transparent)]
+    Kernel(#[from] kernel::Error),
+    /// guest-init or the initramfs is missing.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::Error),
+    /// The workload spec could not be made.
+    #[error(transparent)]
+    Workload(#[from] workload::Error),
+    /// Sandbox records failed.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The VMM process could not be started.
+    #[error("failed to start {path}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM binary is missing.
+    #[error("{VMM_BINARY} not found next to {0}: run scripts/build.sh")]
+    NoVmmBinary(PathBuf),
 }
 
 /// Runs a sandbox to completion (or starts it detached) and returns the exit code for the caller.
 pub fn run(options: RunOptions) -> Result<u8, Error> {
-    Err(Error::NotReady(options.image))
+    let mut phases: Vec<(String, Duration)> = Vec::new();
+    let t = Instant::now();
+    let store = images::ImageStore::open(paths::data_root())?;
+    let image = store.resolve_or_pull(&options.image, &images::PullOptions::new())?;
+    phases.push(("image resolve".into(), t.elapsed()));
+    let t = Instant::now();
+    let rootfs = store.rootfs_image(&image)?;
+    phases.push(("rootfs ready".into(), t.elapsed()));
+
+    let kernel = match &options.kernel {
+        Some(k) => k.clone(),
+        None => kernel::ensure_built(Variant::for_this_host(), true)?.vmlinux,
+    };
+    let initrd = initramfs::ensure(&initramfs::find_guest_init()?)?;
+    let workload = workload::workload_spec(&options, &image_defaults(&image))?;
+
+    let states = state::StateDir::open(paths::run_root())?;
+    let (dir, record) = states.create(
+        options.name.as_deref(),
+        &options.image,
+        &workload.process.args,
+        options.remove,
+    )?;
+    let spec = LaunchSpec {
+        id: record.id.clone(),
+        kernel,
+        initrd,
+        cmdline: launch_spec::guest_cmdline(rootfs_fstype(&rootfs)),
+        mem_mib: options.guest_mem_mib(),
+        vcpus: options.vcpus(),
+        rootfs,
+        tap: match &options.network {
+            Network::None => None,
+            Network::Tap { name, netns } => Some((name.clone(), netns.clone())),
+        },
+        workload,
+        stdio: if options.detach {
+            StdioMode::Log
+        } else {
+            StdioMode::Inherit
+        },
+        tty: options.tty,
+        boot_timeout_secs: boot_timeout(),
+        timings: options.timings,
+        cli_phases: phases,
+    };
+    let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
+    state::write_atomic(&dir.spec_path(), &json)?;
+    let result = start_vmm(&dir, &record.id, &options);
+    if result.is_err() {
+        let _ = states.remove(&dir);
+    }
+    result
+}
+
+/// Time allowed for the guest to bring its agent up: emulated hosts run the guest instruction by instruction.
+fn boot_timeout() -> u64 {
+    match Variant::for_this_host() {
+        Variant::Emulated => 600,
+        Variant::Normal => 30,
+    }
+}
+
+fn rootfs_fstype(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ext4") => "ext4",
+        _ => "erofs",
+    }
+}
+
+fn image_defaults(image: &images::Image) -> ImageDefaults {
+    let Some(c) = image.config().config() else {
+        return ImageDefaults::default();
+    };
+    ImageDefaults {
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c.env().clone().unwrap_or_default(),
+        working_dir: c.working_dir().clone().filter(|w| !w.is_empty()),
+        user: c.user().clone().filter(|u| !u.is_empty()),
+    }
+}
+
+/// The `mvrun-vmm` binary next to the running executable.
+pub fn vmm_binary() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Spawn {
+        path: VMM_BINARY.into(),
+        source,
+    })?;
+    let bin = exe.with_file_name(VMM_BINARY);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::NoVmmBinary(exe))
+    }
+}
+
+fn start_vmm(dir: &state::SandboxDir, id: &str, options: &RunOptions) -> Result<u8, Error> {
+    let bin = vmm_binary()?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--sandbox").arg(dir.path()).arg("--id").arg(id);
+    let spawn_err = |source| Error::Spawn {
+        path: bin.clone(),
+        source,
+    };
+    if options.detach {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+            std::fs::File::create(dir.supervisor_log())
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        );
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(spawn_err)?;
+        println!("{id}");
+        return Ok(0);
+    }
+    // SAFETY: prctl is async-signal-safe. The VMM dies with this process: a killed CLI leaves no VM behind.
+    // PR_SET_PDEATHSIG fires when the *thread* that forked exits, and this is the main thread, which lives
+    // until the CLI exits.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let _raw = if options.tty {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    terminal::forward_signals(child.id());
+    let status = child.wait().map_err(spawn_err)?;
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(EXIT_MVRUN_FAILED))
 }

@@ -113,6 +113,11 @@ pub struct SandboxDir {
 }
 
 impl SandboxDir {
+    /// The sandbox directory at `path`.
+    pub fn at(path: PathBuf) -> Self {
+        SandboxDir { path }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

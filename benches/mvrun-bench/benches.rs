@@ -1,0 +1,465 @@
+//! The benchmarks. Each returns its series, or a one-line reason it could not run here.
+
+use crate::{Ctx, Series};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Bench = fn(&Ctx) -> Result<Vec<Series>, String>;
+
+/// Every benchmark, in the order they run.
+pub const ALL: &[(&str, Bench)] = &[
+    ("vmm-overhead", vmm_overhead),
+    ("vmm-peer", vmm_peer),
+    ("cold-start", cold_start),
+    ("density", density),
+];
+
+fn series(
+    bench: &str,
+    subject: &str,
+    metric: &str,
+    unit: &str,
+    hw: bool,
+    values: Vec<f64>,
+) -> Series {
+    Series {
+        bench: bench.into(),
+        subject: subject.into(),
+        metric: metric.into(),
+        unit: unit.into(),
+        carries_to_hardware: hw,
+        values,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn kernel(ctx: &Ctx) -> Result<PathBuf, String> {
+    let out = Command::new(&ctx.mvrun)
+        .args(["kernel", "path"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("mvrun kernel path: {e}"))?;
+    if !out.status.success() {
+        return Err("mvrun kernel path failed".into());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// A busybox root filesystem, like mvrun's built-in image.
+fn busybox_rootfs(dir: &Path) -> Result<(), String> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(|e| format!("/bin/busybox: {e}"))?;
+    for applet in [
+        "sh", "true", "echo", "cat", "sleep", "reboot", "mount", "dd", "printf",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    Ok(())
+}
+
+/// An initramfs whose /init prints `marker` and resets the machine.
+fn marker_initramfs(ctx: &Ctx, marker: &str) -> Result<PathBuf, String> {
+    let root = ctx.scratch.join("initramfs-root");
+    busybox_rootfs(&root)?;
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!("#!/bin/sh\necho {marker}\n/bin/busybox reboot -f\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    Command::new("chmod")
+        .arg("755")
+        .arg(&init)
+        .status()
+        .map_err(|e| e.to_string())?;
+    let out = ctx.scratch.join("marker-initramfs.cpio");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(out).ok_or_else(|| "cpio failed".into())
+}
+
+/// Runs `cmd` until a stdout line contains `marker`; returns the time to it, then kills the command.
+fn time_to_marker(mut cmd: Command, marker: &str, limit: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        match rx.recv_timeout(limit.saturating_sub(start.elapsed())) {
+            Ok(line) if line.contains(marker) => break Ok(start.elapsed()),
+            Ok(_) => {}
+            Err(_) => break Err(format!("no marker within {limit:?}")),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
+    if !have("qemu-system-x86_64") {
+        return Err("qemu-system-x86_64 is not installed (Debian's qemu-system-x86)".into());
+    }
+    let kernel = kernel(ctx)?;
+    let marker = "MVRUN-BENCH-INIT-MARKER";
+    let initrd = marker_initramfs(ctx, marker)?;
+    let limit = Duration::from_secs(600);
+    let (mut qemu, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..ctx.iterations(5) {
+        let mut q = Command::new("qemu-system-x86_64");
+        q.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .args([
+            "-m",
+            "128",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1"]);
+        qemu.push(ms(time_to_marker(q, marker, limit)?));
+        let mut m = Command::new(&ctx.mvrun);
+        m.args(["vm", "boot", "--mem", "128", "--timeout", "600", "--kernel"])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd);
+        ours.push(ms(time_to_marker(m, marker, limit)?));
+    }
+    Ok(vec![
+        series(
+            "vmm-peer",
+            "QEMU microvm",
+            "launch to init marker",
+            "ms",
+            false,
+            qemu,
+        ),
+        series(
+            "vmm-peer",
+            "mvrun vm boot",
+            "launch to init marker",
+            "ms",
+            false,
+            ours,
+        ),
+    ])
+}
+
+/// Parses a `mvrun: <label>: <value> <unit>` line of `--timings` output.
+fn timing(stderr: &str, label: &str) -> Option<f64> {
+    stderr
+        .lines()
+        .find(|l| l.contains(label))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
+    let kernel = kernel(ctx)?;
+    let (mut setup, mut first_run, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ctx.iterations(10) {
+        let out = Command::new(&ctx.mvrun)
+            .args([
+                "vm",
+                "boot",
+                "--mem",
+                "128",
+                "--timeout",
+                "1",
+                "--timings",
+                "--kernel",
+            ])
+            .arg(&kernel)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        setup.extend(timing(&err, "VMM setup"));
+        first_run.extend(timing(&err, "first KVM_RUN"));
+        rss.extend(timing(&err, "RSS before the guest ran").map(|kib| kib / 1024.0));
+    }
+    let mut out = vec![
+        series(
+            "vmm-overhead",
+            "mvrun",
+            "launch to VM built",
+            "ms",
+            true,
+            setup,
+        ),
+        series(
+            "vmm-overhead",
+            "mvrun",
+            "launch to first KVM_RUN",
+            "ms",
+            true,
+            first_run,
+        ),
+        series(
+            "vmm-overhead",
+            "mvrun",
+            "VMM RSS before the guest runs",
+            "MiB",
+            true,
+            rss,
+        ),
+    ];
+    if have("valgrind") {
+        let mut instr = Vec::new();
+        for _ in 0..ctx.iterations(3) {
+            let cg = ctx.scratch.join("callgrind.out");
+            let o = Command::new("valgrind")
+                .args(["--tool=callgrind", "--trace-children=no"])
+                .arg(format!("--callgrind-out-file={}", cg.display()))
+                .arg(&ctx.mvrun)
+                .args(["vm", "boot", "--dry-run", "--mem", "128", "--kernel"])
+                .arg(&kernel)
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&o.stderr);
+            if let Some(n) = text
+                .lines()
+                .find(|l| l.contains("Collected :"))
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|n| n.trim().parse::<f64>().ok())
+            {
+                instr.push(n / 1e6);
+            }
+        }
+        out.push(series(
+            "vmm-overhead",
+            "mvrun",
+            "instructions to build the VM",
+            "million",
+            true,
+            instr,
+        ));
+    }
+    Ok(out)
+}
+
+fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
+    let n = ctx.iterations(5);
+    let mut ours = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let o = Command::new(&ctx.mvrun)
+            .args(["run", "--rm", "busybox", "/bin/true"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!(
+                "mvrun run failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        ours.push(ms(t.elapsed()));
+    }
+    let mut out = vec![series(
+        "cold-start",
+        "mvrun run",
+        "wall time",
+        "ms",
+        false,
+        ours,
+    )];
+    if have("runc") {
+        let bundle = ctx.scratch.join("runc-bundle");
+        busybox_rootfs(&bundle.join("rootfs"))?;
+        let ok = Command::new("runc")
+            .arg("spec")
+            .current_dir(&bundle)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("runc spec failed".into());
+        }
+        let cfg_path = bundle.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
+        cfg["process"]["terminal"] = serde_json::json!(false);
+        std::fs::write(&cfg_path, cfg.to_string()).map_err(|e| e.to_string())?;
+        let mut runc = Vec::new();
+        for i in 0..n {
+            let t = Instant::now();
+            let s = Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("mvrun-bench-{}-{i}", std::process::id()))
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|e| e.to_string())?;
+            if s.success() {
+                runc.push(ms(t.elapsed()));
+            }
+        }
+        out.push(series(
+            "cold-start",
+            "runc run",
+            "wall time",
+            "ms",
+            true,
+            runc,
+        ));
+    }
+    Ok(out)
+}
+
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn vmm_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("mvrun-vmm"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
+    let sizes: &[usize] = if ctx.quick { &[1] } else { &[1, 2, 4, 8] };
+    let (mut mem, mut rate) = (Vec::new(), Vec::new());
+    for &n in sizes {
+        let tag = format!("bench-{}-{n}", std::process::id());
+        let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+        let t = Instant::now();
+        for name in &names {
+            let o = Command::new(&ctx.mvrun)
+                .args([
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "echo up; sleep 3600",
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !o.status.success() {
+                return Err(format!(
+                    "mvrun run -d failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(300 + 120 * n as u64);
+        let all_up = |names: &[String]| {
+            names.iter().all(|name| {
+                Command::new(&ctx.mvrun)
+                    .args(["logs", name])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("up"))
+            })
+        };
+        while !all_up(&names) {
+            if Instant::now() > deadline {
+                let _ = Command::new(&ctx.mvrun)
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&names)
+                    .output();
+                return Err(format!("{n} sandboxes did not all start in time"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let pss: f64 = vmm_pids().iter().filter_map(|p| pss_kib(*p)).sum();
+        mem.push(pss / 1024.0 / n as f64);
+        rate.push(n as f64 / elapsed / num_cpus() as f64);
+        let _ = Command::new(&ctx.mvrun)
+            .arg("rm")
+            .arg("-f")
+            .args(&names)
+            .output();
+    }
+    Ok(vec![
+        series(
+            "density",
+            "mvrun (N = 1, 2, 4, 8)",
+            "host memory per idle sandbox (PSS)",
+            "MiB",
+            false,
+            mem,
+        ),
+        series(
+            "density",
+            "mvrun (N = 1, 2, 4, 8)",
+            "start throughput",
+            "sandboxes/s/core",
+            false,
+            rate,
+        ),
+    ])
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

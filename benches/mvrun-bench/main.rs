@@ -1,0 +1,213 @@
+//! `mvrun-bench`: mvrun's benchmarks, each against its peers in the same run.
+//!
+//! `cargo run --release --bin mvrun-bench -- [--quick] [--out DIR] [--only NAME]...` writes `results.json`,
+//! `results.csv`, one PNG per measured figure and `summary.md` to DIR (default `bench-results/`), and prints the
+//! summary table. `--quick` runs one iteration with small N: the test suite runs it so the harness cannot rot.
+//!
+//! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
+//! on the same kernel and initramfs, time to init's marker), `vmm-overhead` (VMM setup time and RSS from
+//! `mvrun vm boot --timings`, VMM instructions for building a VM under callgrind), `density` (N idle sandboxes:
+//! host memory per sandbox, start throughput).
+
+mod benches;
+mod plot;
+mod stats;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One measured figure of one subject over repeated runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Series {
+    /// Benchmark name, e.g. `cold-start`.
+    pub bench: String,
+    /// What was measured, e.g. `mvrun run` or `runc run`.
+    pub subject: String,
+    /// The figure, e.g. `wall time`.
+    pub metric: String,
+    /// Its unit.
+    pub unit: String,
+    /// Whether the figure would carry over to a hardware-virtualization host (VMM-side) or is dominated by this
+    /// host's emulated guest.
+    pub carries_to_hardware: bool,
+    /// Every run's value.
+    pub values: Vec<f64>,
+}
+
+/// Settings shared by every benchmark.
+pub struct Ctx {
+    /// One iteration, small N.
+    pub quick: bool,
+    /// Where the results go.
+    pub out: PathBuf,
+    /// The `mvrun` binary.
+    pub mvrun: PathBuf,
+    /// Scratch space.
+    pub scratch: PathBuf,
+}
+
+impl Ctx {
+    /// Iterations for a benchmark whose full run takes `full`.
+    pub fn iterations(&self, full: usize) -> usize {
+        if self.quick {
+            1
+        } else {
+            full
+        }
+    }
+}
+
+fn main() {
+    let mut quick = false;
+    let mut out = PathBuf::from("bench-results");
+    let mut only: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--only" => only.extend(args.next()),
+            "--bench" => {} // passed by `cargo bench`
+            "-h" | "--help" => {
+                println!("usage: mvrun-bench [--quick] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density]...");
+                return;
+            }
+            other => {
+                eprintln!("mvrun-bench: unknown argument {other:?} (see --help)");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("mvrun-bench: cannot create {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let ctx = Ctx {
+        quick,
+        out: out.clone(),
+        mvrun: sibling("mvrun"),
+        scratch: scratch.path().to_path_buf(),
+    };
+    let mut results: Vec<Series> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for (name, f) in benches::ALL {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("== {name}");
+        match f(&ctx) {
+            Ok(mut r) => results.append(&mut r),
+            Err(e) => {
+                eprintln!("   {name} did not run: {e}");
+                notes.push(format!("`{name}` did not run: {e}"));
+            }
+        }
+    }
+    if let Err(e) = write_results(&out, &results, &notes) {
+        eprintln!("mvrun-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A binary built next to this one.
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    // `cargo bench` puts bench binaries in deps/; `cargo run` next to the others.
+    [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("results.json"), json).map_err(|e| e.to_string())?;
+    let mut csv = String::from("bench,subject,metric,unit,run,value\n");
+    for s in results {
+        for (i, v) in s.values.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{i},{v}\n",
+                s.bench, s.subject, s.metric, s.unit
+            ));
+        }
+    }
+    std::fs::write(out.join("results.csv"), csv).map_err(|e| e.to_string())?;
+
+    plot::init_font()?;
+    let mut md = String::from("# mvrun benchmark summary\n\n");
+    let mut figures = String::from("\n## Plots\n");
+    md.push_str("| benchmark | subject | metric | n | min | median | p95 | max | ratio to first | carries to hardware KVM |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for s in results {
+        let key = (s.bench.clone(), s.metric.clone());
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    for (bench, metric) in &groups {
+        let members: Vec<&Series> = results
+            .iter()
+            .filter(|s| &s.bench == bench && &s.metric == metric)
+            .collect();
+        let base = members
+            .first()
+            .and_then(|s| stats::summarize(&s.values))
+            .map(|s| s.median);
+        for s in &members {
+            if let Some(sum) = stats::summarize(&s.values) {
+                let ratio = base
+                    .filter(|b| *b > 0.0)
+                    .map(|b| format!("{:.2}x", sum.median / b))
+                    .unwrap_or_default();
+                md.push_str(&format!(
+                    "| {} | {} | {} ({}) | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+                    s.bench,
+                    s.subject,
+                    s.metric,
+                    s.unit,
+                    sum.n,
+                    sum.min,
+                    sum.median,
+                    sum.p95,
+                    sum.max,
+                    ratio,
+                    if s.carries_to_hardware {
+                        "yes"
+                    } else {
+                        "no (emulated guest)"
+                    }
+                ));
+            }
+        }
+        let file = format!(
+            "{}-{}.png",
+            bench,
+            metric.replace([' ', '/', '('], "-").replace(')', "")
+        );
+        let series: Vec<(String, Vec<f64>)> = members
+            .iter()
+            .map(|s| (s.subject.clone(), s.values.clone()))
+            .collect();
+        let unit = members.first().map(|s| s.unit.clone()).unwrap_or_default();
+        plot::strip_plot(
+            &out.join(&file),
+            &format!("{bench}: {metric}"),
+            &unit,
+            &series,
+        )?;
+        figures.push_str(&format!("\n![{bench} {metric}]({file})\n"));
+    }
+    md.push_str(&figures);
+    if !notes.is_empty() {
+        md.push_str("\n## Not run\n\n");
+        for n in notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+    }
+    std::fs::write(out.join("summary.md"), &md).map_err(|e| e.to_string())?;
+    print!("{md}");
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! PNG plots of benchmark samples (plotters, bitmap backend): a strip plot per benchmark, each run a dot, the
+//! median a bar, so the distribution is visible, not just its summary.
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+
+/// The font plotters draws text with (Debian's fonts-dejavu-core).
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers the font once; plots fail with a clear error when it is missing.
+pub fn init_font() -> Result<(), String> {
+    let bytes = std::fs::read(FONT)
+        .map_err(|e| format!("cannot read {FONT} (install fonts-dejavu-core): {e}"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| format!("{FONT} is not a usable font"))
+}
+
+/// Draws one strip plot: a column per series, one dot per sample, a bar at the median.
+pub fn strip_plot(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    series: &[(String, Vec<f64>)],
+) -> Result<(), String> {
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let n = series.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(n - 0.5), 0f64..max)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = series.iter().map(|(n, _)| n.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(series.len().max(1))
+        .x_label_formatter(&|x| {
+            let i = x.round() as isize;
+            if (x - i as f64).abs() < 1e-6 && i >= 0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(unit)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (_, values)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let count = values.len().max(1) as f64;
+        chart
+            .draw_series(values.iter().enumerate().map(|(j, v)| {
+                // Spread the dots sideways so repeated values stay visible.
+                let x = i as f64 + ((j as f64 + 0.5) / count - 0.5) * 0.5;
+                Circle::new((x, *v), 4, color.filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        if let Some(s) = crate::stats::summarize(values) {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(i as f64 - 0.3, s.median), (i as f64 + 0.3, s.median)],
+                    BLACK.stroke_width(3),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    root.present().map_err(|e| e.to_string())
+}

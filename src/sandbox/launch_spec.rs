@@ -1,0 +1,62 @@
+//! What the CLI hands the per-sandbox VMM process (`mvrun-vmm`): everything needed to build the VM and start the
+//! workload, written to `<sandbox dir>/spec.json` before the process starts.
+
+use agent_protocol::WorkloadSpec;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the workload's stdio goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdioMode {
+    /// The VMM process's own stdio (inherited from the CLI): a foreground `mvrun run`.
+    Inherit,
+    /// `stdout.log` / `stderr.log` in the sandbox directory: a detached sandbox.
+    Log,
+}
+
+/// The launch spec.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Sandbox id.
+    pub id: String,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Initramfs with guest-init.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM.
+    pub mem_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Read-only rootfs image.
+    pub rootfs: PathBuf,
+    /// Tap device and the netns to open it in.
+    pub tap: Option<(String, Option<PathBuf>)>,
+    /// What guest-init runs.
+    pub workload: WorkloadSpec,
+    /// Where stdio goes.
+    pub stdio: StdioMode,
+    /// The workload has a terminal.
+    pub tty: bool,
+    /// How long to wait for the guest's agent.
+    pub boot_timeout_secs: u64,
+    /// Print phase timings at the end.
+    pub timings: bool,
+    /// Phases the CLI already measured (name, duration).
+    pub cli_phases: Vec<(String, Duration)>,
+}
+
+/// Guest-init's command-line words for a sandbox (read by guest-init: see guest-init/src).
+pub fn guest_cmdline(rootfs_fstype: &str) -> String {
+    vmm::config::cmdline_with(
+        vmm::DEFAULT_CMDLINE,
+        &[
+            "quiet",
+            "mvrun.rootfs=/dev/vda",
+            &format!("mvrun.rootfstype={rootfs_fstype}"),
+        ],
+    )
+}

@@ -1,0 +1,383 @@
+//! The per-sandbox VMM process (`mvrun-vmm`): builds the microVM, runs it, and drives the guest agent from
+//! outside: it starts the workload, carries its stdio, forwards signals and window sizes, collects the exit code,
+//! then shuts the guest down. It owns the sandbox's runtime directory while it runs and records how it ended.
+
+use super::launch_spec::{LaunchSpec, StdioMode};
+use super::state::{self, SandboxDir, Status};
+use agent_protocol::{hybrid, Client, StreamKind, CONTROL_PORT, WORKLOAD};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm::exit::ExitSignal;
+
+/// How long the streams may drain after the workload exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest may take to reset after `Shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The guest's CID on its vsock device.
+pub const GUEST_CID: u64 = 3;
+
+/// Errors of the supervisor; every one ends the sandbox with exit code 125.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec or record could not be read or written.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The spec is not valid JSON.
+    #[error("failed to read the launch spec")]
+    Spec(#[source] serde_json::Error),
+    /// A file could not be opened.
+    #[error("failed to open {0}")]
+    Open(std::path::PathBuf, #[source] std::io::Error),
+    /// The VM could not be built.
+    #[error("failed to start the microVM")]
+    Build(#[source] vmm::BuildError),
+    /// The guest ended before its agent answered.
+    #[error("the guest ended before its agent started ({exit}); last console lines:\n{console}")]
+    GuestEnded {
+        /// How the VM ended.
+        exit: String,
+        /// Tail of the console log.
+        console: String,
+    },
+    /// The agent did not come up in time.
+    #[error("the guest's agent did not answer within {secs} s; console log: {log}")]
+    BootTimeout {
+        /// The timeout.
+        secs: u64,
+        /// Console log path.
+        log: String,
+    },
+    /// A stdio stream could not be attached.
+    #[error("failed to connect the workload's {0:?} stream")]
+    Stream(StreamKind, #[source] std::io::Error),
+    /// The agent refused or failed.
+    #[error("the guest agent failed")]
+    Agent(#[from] agent_protocol::client::Error),
+}
+
+/// Runs the sandbox in `dir` to its end and returns the process exit code.
+pub fn supervise(dir: &SandboxDir) -> u8 {
+    let started = Instant::now();
+    let spec = match std::fs::read(dir.spec_path())
+        .map_err(|e| Error::Open(dir.spec_path(), e))
+        .and_then(|b| serde_json::from_slice::<LaunchSpec>(&b).map_err(Error::Spec))
+    {
+        Ok(s) => s,
+        Err(e) => return finish(dir, Err(e)),
+    };
+    let _ = dir.update(|r| {
+        r.status = Status::Running;
+        r.pid = Some(std::process::id());
+    });
+    let mut phases = spec.cli_phases.clone();
+    let result = run(dir, &spec, started, &mut phases);
+    if spec.timings {
+        print_phases(&phases);
+    }
+    finish(dir, result)
+}
+
+fn finish(dir: &SandboxDir, result: Result<i32, Error>) -> u8 {
+    let (code, reason) = match result {
+        Ok(code) => (code, None),
+        Err(e) => {
+            let msg = format!("{:#}", anyhow::Error::new(e));
+            eprintln!("mvrun: error: {msg}");
+            (i32::from(super::EXIT_MVRUN_FAILED), Some(msg))
+        }
+    };
+    let code = u8::try_from(code).unwrap_or(super::EXIT_MVRUN_FAILED);
+    state::cleanup_runtime_files(dir);
+    let record = dir.update(|r| {
+        r.status = Status::Exited;
+        r.pid = None;
+        r.exit_code = Some(i32::from(code));
+        r.exit_reason = reason;
+    });
+    if record.is_ok_and(|r| r.auto_remove) {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+    code
+}
+
+fn run(
+    dir: &SandboxDir,
+    spec: &LaunchSpec,
+    started: Instant,
+    phases: &mut Vec<(String, Duration)>,
+) -> Result<i32, Error> {
+    let signals = block_signals();
+    let console = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.console_log())
+        .map_err(|e| Error::Open(dir.console_log(), e))?;
+    let config = vm_config(dir, spec);
+    let vmm = vmm::build_vm(&config, Box::new(console), started).map_err(Error::Build)?;
+    let exit = vmm.exit_handle();
+    let vm_thread = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || vmm.run(None))
+        .map_err(|e| Error::Open("vmm thread".into(), e))?;
+    phases.push(("VMM setup".into(), started.elapsed()));
+
+    let session = session(dir, spec, &exit, signals, phases);
+
+    // Whatever happened, end the guest: ask nicely, then stop the VM.
+    let teardown = Instant::now();
+    if session.is_ok() {
+        if let Ok(mut c) = connect_control(dir) {
+            let _ = c.shutdown();
+        }
+    }
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    while exit.reason().is_none() && Instant::now() < deadline && session.is_ok() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    exit.signal(vmm::VmExit::Stopped);
+    let outcome = vm_thread.join().ok();
+    phases.push(("teardown".into(), teardown.elapsed()));
+    if let Some(boot) = outcome.as_ref().and_then(|o| o.timings.boot_timer) {
+        phases.push(("kernel boot to init (boot timer)".into(), boot));
+    }
+    session
+}
+
+fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
+    vmm::VmConfig {
+        payload: vmm::Payload::Kernel {
+            kernel: spec.kernel.clone(),
+            initrd: Some(spec.initrd.clone()),
+            cmdline: spec.cmdline.clone(),
+        },
+        mem_mib: spec.mem_mib,
+        vcpus: spec.vcpus,
+        block: vec![vmm::config::BlockConfig {
+            path: spec.rootfs.clone(),
+            read_only: true,
+            id: "rootfs".into(),
+        }],
+        vsock: Some(vmm::config::VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: dir.vsock_path(),
+        }),
+        net: spec
+            .tap
+            .as_ref()
+            .map(|(name, netns)| vmm::config::NetConfig {
+                tap_name: name.clone(),
+                netns: netns.clone(),
+                mac: guest_mac(&spec.id),
+            }),
+        rng: true,
+    }
+}
+
+/// A locally administered unicast MAC made from the sandbox id, stable for the sandbox's life.
+fn guest_mac(id: &str) -> [u8; 6] {
+    let bytes = hex::decode(id.get(..10).unwrap_or_default()).unwrap_or_default();
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    for (m, b) in mac[1..].iter_mut().zip(bytes) {
+        *m = b;
+    }
+    mac
+}
+
+fn connect_control(dir: &SandboxDir) -> std::io::Result<Client<UnixStream>> {
+    hybrid::connect(&dir.vsock_path(), CONTROL_PORT).map(Client::new)
+}
+
+fn console_tail(dir: &SandboxDir) -> String {
+    let text = std::fs::read_to_string(dir.console_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Waits for guest-init's control port, then runs the workload to its end.
+fn session(
+    dir: &SandboxDir,
+    spec: &LaunchSpec,
+    exit: &Arc<ExitSignal>,
+    signals: libc::sigset_t,
+    phases: &mut Vec<(String, Duration)>,
+) -> Result<i32, Error> {
+    let boot = Instant::now();
+    let deadline = boot + Duration::from_secs(spec.boot_timeout_secs);
+    let mut control = loop {
+        if let Some(e) = exit.reason() {
+            return Err(Error::GuestEnded {
+                exit: e.to_string(),
+                console: console_tail(dir),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::BootTimeout {
+                secs: spec.boot_timeout_secs,
+                log: dir.console_log().display().to_string(),
+            });
+        }
+        match connect_control(dir) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    phases.push(("guest boot to agent".into(), boot.elapsed()));
+
+    let create = Instant::now();
+    let stdout = attach(dir, StreamKind::Stdout)?;
+    let stderr = attach(dir, StreamKind::Stderr)?;
+    let stdin = if spec.workload.process.stdin {
+        Some(attach(dir, StreamKind::Stdin)?)
+    } else {
+        None
+    };
+    control.create_and_start(&spec.workload)?;
+    phases.push(("container create".into(), create.elapsed()));
+
+    let run = Instant::now();
+    let (out_sink, err_sink): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match spec.stdio {
+        StdioMode::Inherit => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+        StdioMode::Log => (
+            Box::new(open_log(&dir.path().join("stdout.log"))?),
+            Box::new(open_log(&dir.path().join("stderr.log"))?),
+        ),
+    };
+    let pumps = [pump(stdout, out_sink), pump(stderr, err_sink)];
+    if let Some(s) = stdin {
+        std::thread::spawn(move || forward_stdin(s));
+    }
+    spawn_signal_forwarder(dir.clone(), signals, spec.tty);
+
+    let exited = control.wait(WORKLOAD)?;
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    for p in pumps {
+        while !p.is_finished() && Instant::now() < drain_deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if p.is_finished() {
+            let _ = p.join();
+        }
+    }
+    phases.push(("workload run".into(), run.elapsed()));
+    Ok(exited.code)
+}
+
+fn open_log(path: &std::path::Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Open(path.to_path_buf(), e))
+}
+
+fn attach(dir: &SandboxDir, kind: StreamKind) -> Result<UnixStream, Error> {
+    let mut s =
+        hybrid::connect(&dir.vsock_path(), kind.port()).map_err(|e| Error::Stream(kind, e))?;
+    agent_protocol::client::attach_stream(&mut s, WORKLOAD)?;
+    Ok(s)
+}
+
+/// Copies a guest stream to a sink until EOF, flushing each chunk so output appears as it is produced.
+fn pump(mut from: UnixStream, mut to: Box<dyn Write + Send>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Copies our stdin to the workload, then closes the stream's write half so the workload reads EOF.
+fn forward_stdin(mut to: UnixStream) {
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Blocks the signals the supervisor forwards, in this thread and every thread it starts; one thread takes them
+/// with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set and pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGWINCH,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn spawn_signal_forwarder(dir: SandboxDir, set: libc::sigset_t, tty: bool) {
+    std::thread::spawn(move || {
+        let mut client: Option<Client<UnixStream>> = None;
+        if tty {
+            send_window_size(&dir, &mut client);
+        }
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on a valid, initialized signal set; `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            if sig == libc::SIGWINCH {
+                if tty {
+                    send_window_size(&dir, &mut client);
+                }
+                continue;
+            }
+            if client.is_none() {
+                client = connect_control(&dir).ok();
+            }
+            if let Some(c) = client.as_mut() {
+                if let Err(e) = c.signal(WORKLOAD, sig) {
+                    tracing::warn!("failed to forward signal {sig}: {e}");
+                    client = None;
+                }
+            }
+        }
+    });
+}
+
+fn send_window_size(dir: &SandboxDir, client: &mut Option<Client<UnixStream>>) {
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass.
+    if unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return;
+    }
+    if client.is_none() {
+        *client = connect_control(dir).ok();
+    }
+    if let Some(c) = client.as_mut() {
+        let _ = c.resize(WORKLOAD, ws.ws_row, ws.ws_col);
+    }
+}
+
+fn print_phases(phases: &[(String, Duration)]) {
+    for (name, d) in phases {
+        eprintln!("mvrun: {name:<34} {:>10.1} ms", d.as_secs_f64() * 1000.0);
+    }
+}
