@@ -74,6 +74,11 @@ impl Vmm {
         &self.vm_fd
     }
 
+    /// A handle that ends the VM from another thread (`signal(VmExit::Stopped)`) and tells whether it has ended.
+    pub fn exit_handle(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
     /// Runs the guest until it ends or `timeout` passes, then stops every vCPU.
     pub fn run(mut self, timeout: Option<Duration>) -> RunOutcome {
         let rss = rss_kib();
