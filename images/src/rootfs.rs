@@ -151,19 +151,9 @@ fn tree_usage(dir: &Path) -> Result<(u64, u64), Error> {
     Ok((bytes, inodes))
 }
 
-/// Unpacks `image`'s layers (checking each against its diff_id) and packs them into `dest`, atomically.
-pub(crate) fn build_for_image(store: &ImageStore, image: &Image, dest: &Path) -> crate::Result<()> {
-    let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("unpack-")
-        .tempdir_in(store.tmp_dir())
-        .map_err(crate::Error::io(
-            "create work directory in",
-            store.tmp_dir(),
-        ))?;
-    let tree = work.path().join("rootfs");
-    fs::create_dir(&tree).map_err(crate::Error::io("create", &tree))?;
-    let mut unpacker = Unpacker::new(&tree, store.unpack_limits().clone()).map_err(|source| {
+/// Unpacks `image`'s layers in order into the empty directory `tree`, checking each against its diff_id.
+pub(crate) fn unpack_image(store: &ImageStore, image: &Image, tree: &Path) -> crate::Result<()> {
+    let mut unpacker = Unpacker::new(tree, store.unpack_limits().clone()).map_err(|source| {
         crate::Error::Unpack {
             layer: "-".into(),
             source,
@@ -190,6 +180,22 @@ pub(crate) fn build_for_image(store: &ImageStore, image: &Image, dest: &Path) ->
             });
         }
     }
+    Ok(())
+}
+
+/// Unpacks `image`'s layers (checking each against its diff_id) and packs them into `dest`, atomically.
+pub(crate) fn build_for_image(store: &ImageStore, image: &Image, dest: &Path) -> crate::Result<()> {
+    let started = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("unpack-")
+        .tempdir_in(store.tmp_dir())
+        .map_err(crate::Error::io(
+            "create work directory in",
+            store.tmp_dir(),
+        ))?;
+    let tree = work.path().join("rootfs");
+    fs::create_dir(&tree).map_err(crate::Error::io("create", &tree))?;
+    unpack_image(store, image, &tree)?;
     let unpacked = started.elapsed();
     let out = work.path().join("image");
     build_image(&tree, &out, store.rootfs_format())?;

@@ -255,6 +255,12 @@ impl ImageStore {
         Ok(path)
     }
 
+    /// Unpacks `image` into the empty directory `dir` (the same verified unpack the rootfs build does), e.g. to
+    /// audit its files.
+    pub fn unpack_to(&self, image: &Image, dir: &Path) -> Result<()> {
+        crate::rootfs::unpack_image(self, image, dir)
+    }
+
     /// The rootfs block image's path if it has been built already.
     pub fn rootfs_if_built(&self, image: &Image) -> Option<PathBuf> {
         let p = self.rootfs_path(&image.digest);

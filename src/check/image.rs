@@ -16,6 +16,8 @@ pub enum Source {
     LocalImport,
     /// mvrun's built-in image.
     BuiltIn,
+    /// The store does not record where this image came from.
+    Unrecorded,
 }
 
 /// What the image checks look at.
@@ -184,6 +186,12 @@ fn source(f: &ImageFacts) -> Finding {
             id,
             Status::Info,
             "mvrun's built-in image, made from Debian's busybox-static",
+            "",
+        ),
+        Source::Unrecorded => Finding::new(
+            id,
+            Status::Info,
+            "the store does not record where this image came from (registry or import)",
             "",
         ),
     }

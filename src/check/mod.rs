@@ -178,10 +178,35 @@ pub enum Error {
     Image(String, String),
 }
 
-/// Gathers the facts the image checks need from the image store.
-pub fn image_facts(name: &str) -> Result<image::ImageFacts, Error> {
-    Err(Error::Image(
-        name.to_string(),
-        "the image store is not linked into this build yet".into(),
-    ))
+/// Gathers the facts the image checks need: resolves (or pulls) the image, unpacks it into a temporary
+/// directory with the store's verified unpacker, and reads its config.
+pub fn image_facts(name: &str, scratch: &std::path::Path) -> Result<image::ImageFacts, Error> {
+    let err = |e: images::Error| Error::Image(name.to_string(), format!("{e:#}"));
+    let store = images::ImageStore::open(crate::paths::data_root()).map_err(err)?;
+    let img = store
+        .resolve_or_pull(name, &images::PullOptions::new())
+        .map_err(err)?;
+    let rootfs = scratch.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| Error::Image(name.to_string(), e.to_string()))?;
+    // The unpacker checks every layer against the config's diff_ids; the store checked every blob's digest
+    // and size when it entered the store.
+    store.unpack_to(&img, &rootfs).map_err(err)?;
+    let user = img
+        .config()
+        .config()
+        .as_ref()
+        .and_then(|c| c.user().clone())
+        .filter(|u| !u.is_empty());
+    let source = if images::builtin::is_builtin_name(name) {
+        image::Source::BuiltIn
+    } else {
+        image::Source::Unrecorded
+    };
+    Ok(image::ImageFacts {
+        name: name.to_string(),
+        rootfs,
+        user,
+        digests_verified: true,
+        source,
+    })
 }

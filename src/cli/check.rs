@@ -41,7 +41,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let options = to_options(args.run, image, Vec::new())?;
     let mut findings = check::host::check(&check::host::HostEnv::real());
     if let Some(name) = &args.image {
-        let facts = mvrun::check::image_facts(name)?;
+        let scratch = tempfile::tempdir()?;
+        let facts = mvrun::check::image_facts(name, scratch.path())?;
         findings.extend(check::image::check(&facts));
     }
     findings.extend(check::run_config::check(&options));
