@@ -5,7 +5,9 @@
 use std::io::{Read, Write};
 
 use crate::frame::{read_frame, write_frame, Frame, FrameError};
-use crate::types::{Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize, Signal, WorkloadSpec};
+use crate::types::{
+    Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize, Signal, WorkloadSpec,
+};
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,10 @@ impl<S: Read + Write> Client<S> {
 
     /// Starts another process in the container under `id` (non-zero); attach its streams first.
     pub fn exec(&mut self, id: u32, process: &ProcessSpec) -> Result<i32> {
-        self.started(Request::Exec(Exec { id, process: process.clone() }))
+        self.started(Request::Exec(Exec {
+            id,
+            process: process.clone(),
+        }))
     }
 
     /// Sends `signal` to process `id`.
@@ -112,7 +117,10 @@ impl<S: Read + Write> Client<S> {
 /// returns the stream carries raw bytes: write stdin to it (shut down its write half for EOF), read stdout/stderr
 /// from it until EOF.
 pub fn attach_stream<S: Read + Write>(stream: &mut S, id: u32) -> Result<()> {
-    write_frame(stream, &Frame::Request(Request::AttachStream(ProcessRef { id })))?;
+    write_frame(
+        stream,
+        &Frame::Request(Request::AttachStream(ProcessRef { id })),
+    )?;
     match read_frame(stream)? {
         None => Err(Error::Closed),
         Some(Frame::Reply(Reply::Ok)) => Ok(()),

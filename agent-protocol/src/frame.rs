@@ -6,7 +6,9 @@
 
 use std::io::{self, Read, Write};
 
-use crate::types::{ErrorReply, Exec, Exited, ProcessRef, Reply, Request, Resize, Signal, Started, WorkloadSpec};
+use crate::types::{
+    ErrorReply, Exec, Exited, ProcessRef, Reply, Request, Resize, Signal, Started, WorkloadSpec,
+};
 use crate::{MAX_PAYLOAD, VERSION};
 
 /// The first two bytes of every frame.
@@ -51,7 +53,9 @@ pub enum FrameError {
     #[error("failed to read a frame: bad magic {0:02x?} (stream out of sync)")]
     BadMagic([u8; 2]),
     /// A version this side does not speak (payload skipped).
-    #[error("failed to read a frame: unsupported protocol version {0} (this side speaks {VERSION})")]
+    #[error(
+        "failed to read a frame: unsupported protocol version {0} (this side speaks {VERSION})"
+    )]
     Version(u8),
     /// An unknown message kind (payload skipped).
     #[error("failed to read a frame: unknown message kind {0:#04x}")]
@@ -75,7 +79,10 @@ impl FrameError {
     pub fn is_recoverable(&self) -> bool {
         matches!(
             self,
-            FrameError::Version(_) | FrameError::UnknownKind(_) | FrameError::TooLarge(_) | FrameError::Payload { .. }
+            FrameError::Version(_)
+                | FrameError::UnknownKind(_)
+                | FrameError::TooLarge(_)
+                | FrameError::Payload { .. }
         )
     }
 }
@@ -115,7 +122,9 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Frame>, FrameError> {
         return Err(FrameError::BadMagic([header[0], header[1]]));
     }
     let (version, kind) = (header[2], header[3]);
-    let len = u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
+    let len = u64::from(u32::from_be_bytes([
+        header[4], header[5], header[6], header[7],
+    ]));
     if version != VERSION {
         skip(r, len)?;
         return Err(FrameError::Version(version));
@@ -147,7 +156,11 @@ fn json<'a, T: serde::Deserialize<'a>>(kind: u8, payload: &'a [u8]) -> Result<T,
 /// Decodes a payload of a known kind.
 fn decode_payload(k: u8, p: &[u8]) -> Result<Frame, FrameError> {
     Ok(match k {
-        kind::CREATE_AND_START => Frame::Request(Request::CreateAndStart(Box::new(json::<WorkloadSpec>(k, p)?))),
+        kind::CREATE_AND_START => {
+            Frame::Request(Request::CreateAndStart(Box::new(json::<WorkloadSpec>(
+                k, p,
+            )?)))
+        }
         kind::EXEC => Frame::Request(Request::Exec(json::<Exec>(k, p)?)),
         kind::SIGNAL => Frame::Request(Request::Signal(json::<Signal>(k, p)?)),
         kind::RESIZE => Frame::Request(Request::Resize(json::<Resize>(k, p)?)),
@@ -166,7 +179,9 @@ fn decode_payload(k: u8, p: &[u8]) -> Result<Frame, FrameError> {
 /// The kind byte and JSON payload of a frame.
 fn encode_payload(frame: &Frame) -> Result<(u8, Vec<u8>), serde_json::Error> {
     Ok(match frame {
-        Frame::Request(Request::CreateAndStart(s)) => (kind::CREATE_AND_START, serde_json::to_vec(s)?),
+        Frame::Request(Request::CreateAndStart(s)) => {
+            (kind::CREATE_AND_START, serde_json::to_vec(s)?)
+        }
         Frame::Request(Request::Exec(e)) => (kind::EXEC, serde_json::to_vec(e)?),
         Frame::Request(Request::Signal(s)) => (kind::SIGNAL, serde_json::to_vec(s)?),
         Frame::Request(Request::Resize(r)) => (kind::RESIZE, serde_json::to_vec(r)?),
@@ -183,7 +198,8 @@ fn encode_payload(frame: &Frame) -> Result<(u8, Vec<u8>), serde_json::Error> {
 
 /// Encodes a frame into bytes (header + payload).
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let (k, payload) = encode_payload(frame).map_err(|source| FrameError::Payload { kind: 0, source })?;
+    let (k, payload) =
+        encode_payload(frame).map_err(|source| FrameError::Payload { kind: 0, source })?;
     if payload.len() > MAX_PAYLOAD {
         return Err(FrameError::TooLarge(payload.len() as u64));
     }
@@ -240,17 +256,30 @@ mod tests {
         vec![
             Frame::Request(Request::CreateAndStart(Box::new(spec))),
             Frame::Request(Request::CreateAndStart(Box::default())),
-            Frame::Request(Request::Exec(Exec { id: 3, process: ProcessSpec::default() })),
+            Frame::Request(Request::Exec(Exec {
+                id: 3,
+                process: ProcessSpec::default(),
+            })),
             Frame::Request(Request::Signal(Signal { id: 0, signal: 15 })),
-            Frame::Request(Request::Resize(Resize { id: 1, rows: 24, cols: 80 })),
+            Frame::Request(Request::Resize(Resize {
+                id: 1,
+                rows: 24,
+                cols: 80,
+            })),
             Frame::Request(Request::CloseStdin(ProcessRef { id: 0 })),
             Frame::Request(Request::Wait(ProcessRef { id: 7 })),
             Frame::Request(Request::Shutdown),
             Frame::Request(Request::AttachStream(ProcessRef { id: 2 })),
             Frame::Reply(Reply::Ok),
             Frame::Reply(Reply::Started(Started { id: 0, pid: 42 })),
-            Frame::Reply(Reply::Exited(Exited { id: 0, code: 137, signal: Some(9) })),
-            Frame::Reply(Reply::Error(ErrorReply { message: "failed to x".into() })),
+            Frame::Reply(Reply::Exited(Exited {
+                id: 0,
+                code: 137,
+                signal: Some(9),
+            })),
+            Frame::Reply(Reply::Error(ErrorReply {
+                message: "failed to x".into(),
+            })),
         ]
     }
 
@@ -303,7 +332,10 @@ mod tests {
         // 4 GiB declared, 3 bytes present: truncated, with nothing allocated for the claim.
         let mut buf = header(VERSION, 0x01, u32::MAX);
         buf.extend_from_slice(b"abc");
-        assert!(matches!(read_frame(&mut Cursor::new(buf)), Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut Cursor::new(buf)),
+            Err(FrameError::Truncated)
+        ));
     }
 
     #[test]
@@ -314,9 +346,15 @@ mod tests {
         buf.push(b'x');
         buf.extend(encode(&Frame::Request(Request::Shutdown)).unwrap());
         let mut r = Cursor::new(buf);
-        assert!(matches!(read_frame(&mut r), Err(FrameError::UnknownKind(0x7f))));
+        assert!(matches!(
+            read_frame(&mut r),
+            Err(FrameError::UnknownKind(0x7f))
+        ));
         assert!(matches!(read_frame(&mut r), Err(FrameError::Version(9))));
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Request(Request::Shutdown)));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Request(Request::Shutdown))
+        );
     }
 
     #[test]
@@ -334,11 +372,18 @@ mod tests {
     #[test]
     fn oversized_frame_is_never_sent() {
         let spec = WorkloadSpec {
-            process: ProcessSpec { args: vec!["x".repeat(MAX_PAYLOAD)], ..Default::default() },
+            process: ProcessSpec {
+                args: vec!["x".repeat(MAX_PAYLOAD)],
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut out = Vec::new();
-        let err = write_frame(&mut out, &Frame::Request(Request::CreateAndStart(Box::new(spec)))).unwrap_err();
+        let err = write_frame(
+            &mut out,
+            &Frame::Request(Request::CreateAndStart(Box::new(spec))),
+        )
+        .unwrap_err();
         assert!(matches!(err, FrameError::TooLarge(_)));
         assert!(out.is_empty());
     }

@@ -26,7 +26,9 @@ pub fn handshake<S: Read + Write>(stream: &mut S, port: u32) -> io::Result<()> {
         if stream.read(&mut byte)? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("vsock backend closed the connection to guest port {port} (nothing listening?)"),
+                format!(
+                    "vsock backend closed the connection to guest port {port} (nothing listening?)"
+                ),
             ));
         }
         if byte[0] == b'\n' {
@@ -35,13 +37,19 @@ pub fn handshake<S: Read + Write>(stream: &mut S, port: u32) -> io::Result<()> {
             } else {
                 Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("vsock backend refused guest port {port}: {:?}", String::from_utf8_lossy(&line)),
+                    format!(
+                        "vsock backend refused guest port {port}: {:?}",
+                        String::from_utf8_lossy(&line)
+                    ),
                 ))
             };
         }
         line.push(byte[0]);
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "vsock backend sent an overlong acknowledgement"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "vsock backend sent an overlong acknowledgement",
+    ))
 }
 
 #[cfg(test)]

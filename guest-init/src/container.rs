@@ -1,0 +1,396 @@
+//! The workload as a container, through youki's libcontainer: write the bundle, `ContainerBuilder` ...
+//! `as_init(bundle)` ... `build()`, `start()`, and wait through the [`Reaper`].
+//!
+//! Exit codes are Docker's. libcontainer reports neither "not found" nor "cannot execute", so our [`Executor`]
+//! resolves the command in the container's PATH itself, after every namespace, mount, capability and seccomp step,
+//! and exits with 127 (ENOENT) or 126 (EACCES, ENOEXEC, ...) when exec fails.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::errno::Errno;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use oci_spec::runtime::{Process, Spec};
+
+/// Exit code for guest-init's own failures (Docker's 125).
+pub const EXIT_OWN_FAILURE: i32 = 125;
+/// The command exists but cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// The command does not exist.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Errors running containers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the bundle failed.
+    #[error("failed to write the bundle at {path}")]
+    Bundle {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// libcontainer refused or failed.
+    #[error("failed to {what} the container")]
+    Libcontainer {
+        /// What we asked.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    /// The container has no init pid after start.
+    #[error("failed to start the container: it has no pid")]
+    NoPid,
+    /// Preparing the created container (its network) failed.
+    #[error("failed to prepare the container")]
+    Prepare(#[from] crate::net::Error),
+    /// Serializing the spec failed.
+    #[error("failed to write the OCI spec")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Collects every child's exit status, so PID 1 reaps orphans and nothing else races libcontainer's own waits.
+///
+/// libcontainer waits for its intermediate processes itself; a `waitpid(-1)` elsewhere would steal those statuses.
+/// So everything that creates processes through libcontainer holds [`Reaper::hold`] while doing so, and the reaper
+/// thread reaps only while holding the same lock. Statuses are kept only for pids registered with `watch`
+/// (bounded by the number of processes we started); orphans are reaped and forgotten.
+pub struct Reaper {
+    lock: Mutex<()>,
+    state: Mutex<ReaperState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    watched: HashSet<i32>,
+    exits: HashMap<i32, WaitStatus>,
+    /// Bumped when a `hold` ends, so the reaper knows children may exist again after an ECHILD.
+    spawns: u64,
+}
+
+impl Reaper {
+    /// Starts the reaper thread.
+    pub fn start() -> Arc<Reaper> {
+        let reaper = Arc::new(Reaper {
+            lock: Mutex::new(()),
+            state: Mutex::new(ReaperState::default()),
+            changed: Condvar::new(),
+        });
+        let r = reaper.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || r.run())
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("failed to start the reaper thread: {e}"));
+        reaper
+    }
+
+    /// Blocks reaping while the guard lives (around libcontainer calls); dropping it tells the reaper that
+    /// children may exist now.
+    pub fn hold(&self) -> Hold<'_> {
+        Hold {
+            _guard: self.lock.lock().unwrap_or_else(|e| e.into_inner()),
+            reaper: self,
+        }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, ReaperState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `pid`'s exit status for [`Reaper::wait`]. Call it while holding [`Reaper::hold`].
+    pub fn watch(&self, pid: i32) {
+        self.lock_state().watched.insert(pid);
+    }
+
+    /// Waits until `pid` (watched) has ended; returns its status.
+    pub fn wait(&self, pid: i32) -> WaitStatus {
+        let mut st = self.lock_state();
+        loop {
+            if let Some(s) = st.exits.get(&pid) {
+                return *s;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The status of `pid` if it has ended.
+    pub fn try_status(&self, pid: i32) -> Option<WaitStatus> {
+        self.lock_state().exits.get(&pid).copied()
+    }
+
+    fn run(&self) {
+        loop {
+            let spawns = self.lock_state().spawns;
+            // Sleep until some child is a zombie, without reaping it (WNOWAIT). __WALL: libcontainer clones the
+            // container init with CLONE_PARENT and no exit signal, which plain waits do not see.
+            match waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL,
+            ) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => {
+                    // No children at all: sleep until someone starts one.
+                    let mut st = self.lock_state();
+                    while st.spawns == spawns {
+                        st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("reaper: waitid failed: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(status) => {
+                        if let Some(pid) = status.pid() {
+                            let mut st = self.lock_state();
+                            if st.watched.contains(&pid.as_raw()) {
+                                st.exits.insert(pid.as_raw(), status);
+                            }
+                        }
+                    }
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Holds off the reaper; see [`Reaper::hold`].
+pub struct Hold<'a> {
+    _guard: MutexGuard<'a, ()>,
+    reaper: &'a Reaper,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.reaper.lock_state().spawns += 1;
+        self.reaper.changed.notify_all();
+    }
+}
+
+/// Docker's exit code for a wait status, and the signal if one killed the process.
+pub fn exit_code(status: WaitStatus) -> (i32, Option<i32>) {
+    match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (EXIT_OWN_FAILURE, None),
+    }
+}
+
+/// Runs the workload's command inside the finished container: looks it up in PATH and maps exec failures to
+/// Docker's 126/127 (libcontainer's default executor fails before start instead, with no way to tell why).
+#[derive(Clone)]
+struct DockerExecutor;
+
+impl Executor for DockerExecutor {
+    fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        exec_or_exit(&args)
+    }
+
+    fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        // Lookup happens in exec, where a failure becomes an exit code rather than a start error.
+        Ok(())
+    }
+}
+
+/// execv()s `args` as execvp would, or prints why not and exits 127/126.
+fn exec_or_exit(args: &[String]) -> ! {
+    let Some(name) = args.first() else {
+        eprintln!("guest-init: no command given");
+        std::process::exit(EXIT_NOT_FOUND);
+    };
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let candidates: Vec<PathBuf> = if name.contains('/') {
+        vec![PathBuf::from(name)]
+    } else {
+        let path = std::env::var("PATH").unwrap_or_default();
+        path.split(':')
+            .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(name))
+            .collect()
+    };
+    let mut err = Errno::ENOENT;
+    for c in &candidates {
+        if !name.contains('/') && c.metadata().map(|m| m.is_dir()).unwrap_or(true) {
+            continue;
+        }
+        let Ok(path) = CString::new(c.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // Only returns on failure.
+        let e = nix::unistd::execv(&path, &cargs).unwrap_err();
+        err = e;
+        if !matches!(e, Errno::EACCES | Errno::ENOENT | Errno::ENOTDIR) {
+            break;
+        }
+    }
+    let (code, why) = match err {
+        Errno::ENOENT | Errno::ENOTDIR if name.contains('/') => {
+            (EXIT_NOT_FOUND, "no such file or directory".into())
+        }
+        Errno::ENOENT | Errno::ENOTDIR => (
+            EXIT_NOT_FOUND,
+            "executable file not found in $PATH".to_string(),
+        ),
+        e => (EXIT_CANNOT_EXECUTE, e.desc().to_ascii_lowercase()),
+    };
+    eprintln!("guest-init: exec {name:?}: {why}");
+    std::process::exit(code)
+}
+
+/// The three standard streams of a process; `None` inherits guest-init's own.
+#[derive(Default)]
+pub struct Stdio {
+    /// stdin.
+    pub stdin: Option<OwnedFd>,
+    /// stdout.
+    pub stdout: Option<OwnedFd>,
+    /// stderr.
+    pub stderr: Option<OwnedFd>,
+}
+
+fn with_stdio(mut b: ContainerBuilder, stdio: Stdio) -> ContainerBuilder {
+    if let Some(fd) = stdio.stdin {
+        b = b.with_stdin(fd);
+    }
+    if let Some(fd) = stdio.stdout {
+        b = b.with_stdout(fd);
+    }
+    if let Some(fd) = stdio.stderr {
+        b = b.with_stderr(fd);
+    }
+    b
+}
+
+/// Where bundles and container state live, plus the reaper every start goes through.
+pub struct Runtime {
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// Bundles: `<bundle_root>/<id>/config.json`.
+    pub bundle_root: PathBuf,
+    /// The reaper.
+    pub reaper: Arc<Reaper>,
+}
+
+/// A started container.
+pub struct Running {
+    /// libcontainer's handle.
+    pub container: Container,
+    /// The workload's pid.
+    pub pid: i32,
+}
+
+impl Runtime {
+    fn lc(what: &'static str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Error {
+        move |source| Error::Libcontainer { what, source }
+    }
+
+    /// Creates container `id` from `spec`, runs `prepare(pid)` (network setup) and starts it.
+    pub fn create_and_start(
+        &self,
+        id: &str,
+        spec: &Spec,
+        stdio: Stdio,
+        prepare: impl FnOnce(i32) -> std::result::Result<(), crate::net::Error>,
+    ) -> Result<Running> {
+        let bundle = self.bundle_root.join(id);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Bundle { path, source }
+        };
+        fs::create_dir_all(&bundle).map_err(io(&bundle))?;
+        fs::create_dir_all(&self.state_root).map_err(io(&self.state_root))?;
+        spec.save(bundle.join("config.json"))?;
+        let guard = self.reaper.hold();
+        let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_executor(DockerExecutor)
+            .with_root_path(&self.state_root)
+            .map_err(Self::lc("configure"))?;
+        let mut container = with_stdio(builder, stdio)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(Self::lc("create"))?;
+        let pid = container.pid().ok_or(Error::NoPid)?.as_raw();
+        self.reaper.watch(pid);
+        let started = prepare(pid)
+            .map_err(Error::from)
+            .and_then(|()| container.start().map_err(Self::lc("start")));
+        drop(guard);
+        if let Err(e) = started {
+            self.remove(&mut container);
+            return Err(e);
+        }
+        Ok(Running { container, pid })
+    }
+
+    /// Starts `process` inside the running container `id`; returns its pid.
+    pub fn exec(&self, id: &str, exec_id: u32, process: &Process, stdio: Stdio) -> Result<i32> {
+        let path = self
+            .bundle_root
+            .join(id)
+            .join(format!("exec-{exec_id}.json"));
+        let json = serde_json::to_vec(process).map_err(|e| Error::Bundle {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        fs::write(&path, json).map_err(|source| Error::Bundle {
+            path: path.clone(),
+            source,
+        })?;
+        let guard = self.reaper.hold();
+        let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_executor(DockerExecutor)
+            .with_root_path(&self.state_root)
+            .map_err(Self::lc("configure"))?;
+        let pid = with_stdio(builder, stdio)
+            .as_tenant()
+            .with_process(Some(&path))
+            .with_detach(true)
+            .build()
+            .map_err(Self::lc("exec in"))?;
+        self.reaper.watch(pid.as_raw());
+        drop(guard);
+        Ok(pid.as_raw())
+    }
+
+    /// Kills what is left and deletes the container's state and cgroup; errors are logged, never returned, so
+    /// they cannot hide the workload's result.
+    pub fn remove(&self, container: &mut Container) {
+        let _guard = self.reaper.hold();
+        if let Err(e) = container.delete(true) {
+            tracing::warn!(id = container.id(), "failed to delete the container: {e}");
+        }
+        let _ = fs::remove_dir_all(self.bundle_root.join(container.id()));
+    }
+}
