@@ -18,6 +18,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use oci_spec::runtime::{Process, Spec};
 
 /// Exit code for guest-init's own failures (Docker's 125).
@@ -62,12 +63,13 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Collects every child's exit status, so PID 1 reaps orphans and nothing else races libcontainer's own waits.
+/// Collects exit statuses without racing libcontainer's own waits.
 ///
-/// libcontainer waits for its intermediate processes itself; a `waitpid(-1)` elsewhere would steal those statuses.
-/// So everything that creates processes through libcontainer holds [`Reaper::hold`] while doing so, and the reaper
-/// thread reaps only while holding the same lock. Statuses are kept only for pids registered with `watch`
-/// (bounded by the number of processes we started); orphans are reaped and forgotten.
+/// `wait(pid)` waits for that pid only, so it never takes a status someone else (libcontainer, `std::process`)
+/// is waiting for. As PID 1, [`Reaper::reap_orphans`] adds a thread that reaps everything else too; libcontainer
+/// waits for its intermediate processes itself, so everything that creates processes through libcontainer holds
+/// [`Reaper::hold`], and that thread reaps only while holding the same lock. Statuses are kept only for pids
+/// registered with `watch` (bounded by the number of processes we started).
 pub struct Reaper {
     lock: Mutex<()>,
     state: Mutex<ReaperState>,
@@ -78,29 +80,37 @@ pub struct Reaper {
 struct ReaperState {
     watched: HashSet<i32>,
     exits: HashMap<i32, WaitStatus>,
-    /// Bumped when a `hold` ends, so the reaper knows children may exist again after an ECHILD.
+    /// Bumped when a `hold` ends, so the orphan reaper knows children may exist again after an ECHILD.
     spawns: u64,
 }
 
 impl Reaper {
-    /// Starts the reaper thread.
+    /// The process's reaper (there must be only one).
     pub fn start() -> Arc<Reaper> {
-        let reaper = Arc::new(Reaper {
-            lock: Mutex::new(()),
-            state: Mutex::new(ReaperState::default()),
-            changed: Condvar::new(),
-        });
-        let r = reaper.clone();
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || r.run())
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("failed to start the reaper thread: {e}"));
-        reaper
+        static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
+        REAPER
+            .get_or_init(|| {
+                Arc::new(Reaper {
+                    lock: Mutex::new(()),
+                    state: Mutex::new(ReaperState::default()),
+                    changed: Condvar::new(),
+                })
+            })
+            .clone()
     }
 
-    /// Blocks reaping while the guard lives (around libcontainer calls); dropping it tells the reaper that
-    /// children may exist now.
+    /// Also reaps every orphan (PID 1 mode); call once.
+    pub fn reap_orphans(self: &Arc<Self>) {
+        let r = self.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || r.run())
+        {
+            tracing::error!("failed to start the reaper thread: {e}");
+        }
+    }
+
+    /// Blocks orphan reaping while the guard lives (around libcontainer calls).
     pub fn hold(&self) -> Hold<'_> {
         Hold {
             _guard: self.lock.lock().unwrap_or_else(|e| e.into_inner()),
@@ -117,8 +127,33 @@ impl Reaper {
         self.lock_state().watched.insert(pid);
     }
 
+    fn record(&self, status: WaitStatus) {
+        if let Some(pid) = status.pid() {
+            let mut st = self.lock_state();
+            if st.watched.contains(&pid.as_raw()) {
+                st.exits.insert(pid.as_raw(), status);
+            }
+        }
+        self.changed.notify_all();
+    }
+
     /// Waits until `pid` (watched) has ended; returns its status.
     pub fn wait(&self, pid: i32) -> WaitStatus {
+        if let Some(s) = self.try_status(pid) {
+            return s;
+        }
+        loop {
+            // __WALL: libcontainer clones the container init with CLONE_PARENT and no exit signal.
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+                Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.record(s);
+                    return s;
+                }
+                Err(Errno::EINTR) | Ok(_) => continue,
+                // Someone else reaped it (the orphan reaper or a concurrent wait): their record arrives.
+                Err(_) => break,
+            }
+        }
         let mut st = self.lock_state();
         loop {
             if let Some(s) = st.exits.get(&pid) {
@@ -130,14 +165,25 @@ impl Reaper {
 
     /// The status of `pid` if it has ended.
     pub fn try_status(&self, pid: i32) -> Option<WaitStatus> {
-        self.lock_state().exits.get(&pid).copied()
+        if let Some(s) = self.lock_state().exits.get(&pid) {
+            return Some(*s);
+        }
+        match waitpid(
+            Pid::from_raw(pid),
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                self.record(s);
+                Some(s)
+            }
+            _ => self.lock_state().exits.get(&pid).copied(),
+        }
     }
 
     fn run(&self) {
         loop {
             let spawns = self.lock_state().spawns;
-            // Sleep until some child is a zombie, without reaping it (WNOWAIT). __WALL: libcontainer clones the
-            // container init with CLONE_PARENT and no exit signal, which plain waits do not see.
+            // Sleep until some child is a zombie, without reaping it (WNOWAIT).
             match waitid(
                 Id::All,
                 WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL,
@@ -162,17 +208,9 @@ impl Reaper {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(status) => {
-                        if let Some(pid) = status.pid() {
-                            let mut st = self.lock_state();
-                            if st.watched.contains(&pid.as_raw()) {
-                                st.exits.insert(pid.as_raw(), status);
-                            }
-                        }
-                    }
+                    Ok(status) => self.record(status),
                 }
             }
-            self.changed.notify_all();
         }
     }
 }
