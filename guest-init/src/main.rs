@@ -152,15 +152,14 @@ fn workload(a: RunArgs) -> Result<(PathBuf, WorkloadSpec)> {
 }
 
 fn main() -> ExitCode {
-    let pid1 = std::process::id() == 1;
+    if std::process::id() == 1 {
+        guest_init::pid1::main();
+    }
     let filter = std::env::var("GUEST_INIT_LOG").unwrap_or_else(|_| "warn,libcgroups=error".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if pid1 {
-        guest_init::pid1::main();
-    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
