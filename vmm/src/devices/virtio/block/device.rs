@@ -425,4 +425,21 @@ mod tests {
                 .contains("/nonexistent/disk")
         );
     }
+
+    /// Instructions per 4 KiB read: run under callgrind (see docs in the report):
+    /// `valgrind --tool=callgrind --toggle-collect='*Block::process_queue*' <test binary> --ignored bench_4k_reads`
+    /// and divide the total by `BENCH_REQUESTS`.
+    #[test]
+    #[ignore = "a measurement, run under callgrind"]
+    fn bench_4k_reads() {
+        const BENCH_REQUESTS: u64 = 1000;
+        let mem = TestMem::new();
+        let f = disk(64);
+        let (mut blk, mut drv) = setup(&mem, &f, true);
+        for i in 0..BENCH_REQUESTS {
+            request(&mut drv, VIRTIO_BLK_T_IN, (i * 8) % 56, &[wo(D, 4096)]);
+            assert!(blk.process_queue());
+        }
+        assert_eq!(blk.stats.reads, BENCH_REQUESTS);
+    }
 }

@@ -108,12 +108,23 @@ impl MmioTransport {
 
     fn refuse(&mut self, what: &str, offset: u64, value: u32) {
         self.refused += 1;
-        tracing::warn!(
-            offset,
-            value,
-            status = self.status,
-            "refused virtio-mmio write: {what}"
-        );
+        // The guest decides how often this happens: warn once, then only at debug level, so a hostile driver
+        // cannot flood the VMM's log.
+        if self.refused == 1 {
+            tracing::warn!(
+                offset,
+                value,
+                status = self.status,
+                "refused virtio-mmio write: {what}"
+            );
+        } else {
+            tracing::debug!(
+                offset,
+                value,
+                status = self.status,
+                "refused virtio-mmio write: {what}"
+            );
+        }
     }
 
     fn in_phase(&self, set: u32, clear: u32) -> bool {

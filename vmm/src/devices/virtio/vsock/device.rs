@@ -476,6 +476,33 @@ mod tests {
         assert_eq!(buffered(&rig.dev), 0);
     }
 
+    #[test]
+    fn connections_are_capped_and_a_listener_that_never_accepts_does_not_block() {
+        let mem = TestMem::new();
+        let mut rig = Rig::new(&mem);
+        // A listener that never accepts: connects beyond its backlog must not stall the VMM.
+        let _idle = UnixListener::bind(format!("{}_91", rig.uds.display())).unwrap();
+        for p in 0..300 {
+            rig.send(guest_pkt(VSOCK_OP_REQUEST, 10_000 + p, 91, 0), &[]);
+        }
+        let mut ops = Vec::new();
+        loop {
+            let got = rig.recv(16);
+            let n = got.len();
+            ops.extend(got.into_iter().map(|(h, _)| h.op));
+            if n < 16 {
+                break;
+            }
+        }
+        let accepted = ops.iter().filter(|&&o| o == VSOCK_OP_RESPONSE).count();
+        let reset = ops.iter().filter(|&&o| o == VSOCK_OP_RST).count();
+        assert!(
+            accepted <= crate::devices::virtio::vsock::MAX_CONNECTIONS,
+            "{accepted}"
+        );
+        assert_eq!(accepted + reset, 300);
+    }
+
     fn buffered(dev: &Vsock) -> usize {
         dev.backend.buffered_bytes()
     }
@@ -496,5 +523,32 @@ mod tests {
         );
         assert!(!rig.dev.process_rx());
         assert!(!rig.dev.process_tx());
+    }
+
+    /// Instructions per vsock packet, each way: run under callgrind with
+    /// `--toggle-collect='*Vsock::process_tx*'` (guest to host) or `--toggle-collect='*Vsock::process_rx*'
+    /// --toggle-collect='*UnixBackend*notify*'` (host to guest), and divide by `BENCH_PACKETS`.
+    #[test]
+    #[ignore = "a measurement, run under callgrind"]
+    fn bench_packets() {
+        const BENCH_PACKETS: usize = 1000;
+        let mem = TestMem::new();
+        let mut rig = Rig::new(&mem);
+        let listener = UnixListener::bind(format!("{}_90", rig.uds.display())).unwrap();
+        rig.send(guest_pkt(VSOCK_OP_REQUEST, 7000, 90, 0), &[]);
+        let (mut host, _) = listener.accept().unwrap();
+        assert_eq!(rig.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+        let payload = [0x42u8; 64];
+        let mut sink = [0u8; 64];
+        for _ in 0..BENCH_PACKETS {
+            // Guest to host: one 64-byte RW packet.
+            rig.send(guest_pkt(VSOCK_OP_RW, 7000, 90, 64), &payload);
+            host.read_exact(&mut sink).unwrap();
+            // Host to guest: 64 bytes into one receive buffer.
+            host.write_all(&payload).unwrap();
+            let got = rig.recv(1);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].1.len(), 64);
+        }
     }
 }

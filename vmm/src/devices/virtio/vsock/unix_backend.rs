@@ -268,9 +268,9 @@ impl UnixBackend {
         }
         let mut target = self.path.clone().into_os_string();
         target.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&target) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => {
+        let stream = match connect_nonblocking(Path::new(&target)) {
+            Ok(s) => s,
+            Err(_) => {
                 tracing::debug!(
                     port = key.0,
                     "vsock: no host listener for a guest connection"
@@ -291,6 +291,43 @@ impl UnixBackend {
         self.stats.connected += 1;
         self.schedule(key);
     }
+}
+
+/// Connects to a unix stream socket without ever blocking: a listener whose backlog is full (one that does not
+/// accept) refuses with EAGAIN instead of stalling the event loop, which `UnixStream::connect` would do.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero sockaddr_un is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the returned fd is owned by the UnixStream below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 /// Parses `CONNECT <port>` (Firecracker's hybrid vsock handshake).
