@@ -256,8 +256,9 @@ impl UnixBackend {
         if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
             // A hang-up is seen as EOF by the next read.
             c.readable = true;
-            self.schedule(key);
         }
+        // Flushing may have freed enough buffer for a credit update the guest is waiting for.
+        self.schedule(key);
     }
 
     /// The guest asked to connect to host port `dst_port`: connect to `<path>_<port>`.
