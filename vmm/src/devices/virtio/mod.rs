@@ -180,8 +180,9 @@ pub struct VirtioCommon {
     pub interrupt: Arc<Interrupt>,
     /// Signalled by `activate` so the event loop starts watching the queues.
     pub activate_evt: EventFd,
-    /// Guest memory, present once the device is active.
-    pub mem: Option<GuestMemory>,
+    /// Guest memory, present once the device is active (behind an `Arc`, so taking it per notification is a
+    /// reference count, not a copy of the region list).
+    pub mem: Option<Arc<GuestMemory>>,
     needs_reset: bool,
 }
 
@@ -232,7 +233,7 @@ impl VirtioCommon {
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&mem)) {
             return Err(ActivateError::BadQueue(i));
         }
-        self.mem = Some(mem);
+        self.mem = Some(Arc::new(mem));
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 

@@ -77,12 +77,13 @@ impl Block {
 
     /// Serves every available request. Returns whether the used ring changed.
     pub fn process_queue(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
-            let chain = match next_chain(&mut self.common.queues[0], &mem) {
+            let chain = match next_chain(&mut self.common.queues[0], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -93,9 +94,9 @@ impl Block {
             };
             let head = chain.head_index();
             let (status_addr, code, used_len) =
-                match parse(chain, &mem, self.capacity_sectors, &mut self.data) {
+                match parse(chain, mem, self.capacity_sectors, &mut self.data) {
                     Ok(req) => {
-                        let (code, len) = self.execute(&mem, &req);
+                        let (code, len) = self.execute(mem, &req);
                         (req.status, code, len)
                     }
                     Err(ParseError::Refused { code, status, kind }) => {
@@ -109,11 +110,7 @@ impl Block {
                 };
             // The parser checked the status byte lies in guest memory.
             let wrote = mem.write_obj(code, status_addr).is_ok();
-            if !wrote
-                || self.common.queues[0]
-                    .add_used(&mem, head, used_len)
-                    .is_err()
-            {
+            if !wrote || self.common.queues[0].add_used(mem, head, used_len).is_err() {
                 self.common
                     .set_needs_reset("failed to write the status byte or the used ring");
                 break;

@@ -7,6 +7,7 @@ use super::defs::VIRTIO_NET_F_MAC;
 use super::{Error, NetBackend, MAX_FRAME, QUEUE_SIZES};
 use crate::devices::virtio::defs::TYPE_NET;
 use crate::devices::virtio::{next_chain, VirtioCommon, VirtioDevice};
+use crate::vstate::memory::GuestMemory;
 use std::io::{Read, Write};
 use virtio_queue::{QueueOwnedT, QueueT};
 
@@ -64,12 +65,13 @@ impl Net {
 
     /// Sends every frame the guest queued. Returns whether the used ring changed.
     pub fn process_tx(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
-            let chain = match next_chain(&mut self.common.queues[TXQ], &mem) {
+            let chain = match next_chain(&mut self.common.queues[TXQ], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -79,7 +81,7 @@ impl Net {
                 }
             };
             let head = chain.head_index();
-            let mut reader = match chain.reader(&mem) {
+            let mut reader = match chain.reader(mem) {
                 Ok(r) => r,
                 Err(e) => {
                     self.common
@@ -99,7 +101,7 @@ impl Net {
             } else {
                 self.stats.tx_dropped += 1;
             }
-            if self.common.queues[TXQ].add_used(&mem, head, 0).is_err() {
+            if self.common.queues[TXQ].add_used(mem, head, 0).is_err() {
                 self.common
                     .set_needs_reset("failed to write the tx used ring");
                 break;
@@ -111,9 +113,10 @@ impl Net {
 
     /// Moves frames from the host into the guest's receive buffers. Returns whether the used ring changed.
     pub fn process_rx(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
             let len = match self.rx_pending {
@@ -133,7 +136,7 @@ impl Net {
                 },
             };
             self.rx_pending = Some(len);
-            let chain = match next_chain(&mut self.common.queues[RXQ], &mem) {
+            let chain = match next_chain(&mut self.common.queues[RXQ], mem) {
                 Ok(Some(c)) => c,
                 // No buffer: the frame waits for the guest's next rx notification.
                 Ok(None) => break,
@@ -144,7 +147,7 @@ impl Net {
                 }
             };
             let head = chain.head_index();
-            let mut writer = match chain.writer(&mem) {
+            let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {
                     self.common
@@ -167,7 +170,7 @@ impl Net {
             }
             self.stats.rx_frames += 1;
             if self.common.queues[RXQ]
-                .add_used(&mem, head, len as u32)
+                .add_used(mem, head, len as u32)
                 .is_err()
             {
                 self.common

@@ -3,6 +3,7 @@
 use super::{EntropySource, Error, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
 use crate::devices::virtio::defs::TYPE_RNG;
 use crate::devices::virtio::{next_chain, VirtioCommon, VirtioDevice};
+use crate::vstate::memory::GuestMemory;
 use std::io::Write;
 use virtio_queue::QueueT;
 
@@ -31,13 +32,14 @@ impl Rng {
 
     /// Serves every available request. Returns whether the used ring changed.
     pub fn process_queue(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         let mut buf = [0u8; 4096];
         loop {
-            let chain = match next_chain(&mut self.common.queues[0], &mem) {
+            let chain = match next_chain(&mut self.common.queues[0], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -48,7 +50,7 @@ impl Rng {
             };
             let head = chain.head_index();
             let mut written = 0usize;
-            match chain.writer(&mem) {
+            match chain.writer(mem) {
                 Ok(mut w) => {
                     let want = w.available_bytes().min(MAX_BYTES_PER_REQUEST);
                     while written < want {
@@ -69,7 +71,7 @@ impl Rng {
                 }
             }
             self.bytes_served += written as u64;
-            if let Err(e) = self.common.queues[0].add_used(&mem, head, written as u32) {
+            if let Err(e) = self.common.queues[0].add_used(mem, head, written as u32) {
                 self.common
                     .set_needs_reset(&format!("failed to write the used ring: {e}"));
                 return used_any;

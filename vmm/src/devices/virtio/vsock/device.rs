@@ -5,6 +5,7 @@ use super::defs::VSOCK_HOST_CID;
 use super::{Error, VsockBackend, MAX_PKT_DATA, QUEUE_SIZES};
 use crate::devices::virtio::defs::TYPE_VSOCK;
 use crate::devices::virtio::{next_chain, VirtioCommon, VirtioDevice};
+use crate::vstate::memory::GuestMemory;
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::{Error as PacketError, VsockPacket, PKT_HEADER_SIZE};
 
@@ -64,12 +65,13 @@ impl Vsock {
 
     /// Hands every packet the guest queued to the backend. Returns whether the used ring changed.
     pub fn process_tx(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
-            let mut chain = match next_chain(&mut self.common.queues[TXQ], &mem) {
+            let mut chain = match next_chain(&mut self.common.queues[TXQ], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -79,7 +81,7 @@ impl Vsock {
                 }
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) if pkt.src_cid() == self.guest_cid && pkt.dst_cid() == VSOCK_HOST_CID => {
                     self.stats.tx_packets += 1;
                     self.backend.send_pkt(&pkt);
@@ -102,7 +104,7 @@ impl Vsock {
                     self.stats.tx_dropped += 1;
                 }
             }
-            if self.common.queues[TXQ].add_used(&mem, head, 0).is_err() {
+            if self.common.queues[TXQ].add_used(mem, head, 0).is_err() {
                 self.common
                     .set_needs_reset("failed to write the tx used ring");
                 break;
@@ -114,12 +116,13 @@ impl Vsock {
 
     /// Fills the guest's receive buffers with what the backend has. Returns whether the used ring changed.
     pub fn process_rx(&mut self) -> bool {
-        let Some(mem) = self.common.mem.clone() else {
+        let Some(mem_arc) = self.common.mem.clone() else {
             return false;
         };
+        let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         while self.backend.has_pending_rx() {
-            let mut chain = match next_chain(&mut self.common.queues[RXQ], &mem) {
+            let mut chain = match next_chain(&mut self.common.queues[RXQ], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -129,7 +132,7 @@ impl Vsock {
                 }
             };
             let head = chain.head_index();
-            let used_len = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
+            let used_len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => {
                     if !self.backend.recv_pkt(&mut pkt) {
                         // Nothing after all: give the buffer back for later.
@@ -152,7 +155,7 @@ impl Vsock {
                 }
             };
             if self.common.queues[RXQ]
-                .add_used(&mem, head, used_len)
+                .add_used(mem, head, used_len)
                 .is_err()
             {
                 self.common
