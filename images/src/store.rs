@@ -297,6 +297,8 @@ impl ImageStore {
         } else {
             reference::normalize_reference(reference)?
         };
+        // Shared store lock: the index rewrite's temp file lives in tmp/, which a lone opener may sweep.
+        let _lock = self.lock_shared()?;
         let _guard = self.lock("index", FlockOperation::LockExclusive)?;
         let mut index = self.read_index()?;
         let entry = index

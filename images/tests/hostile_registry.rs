@@ -329,3 +329,77 @@ fn layer_whose_content_is_hostile() {
         0
     );
 }
+
+#[test]
+fn multi_platform_index_resolves_to_linux_amd64_and_docker_media_types_work() {
+    let img = image(1);
+    // The amd64 entry is a Docker schema 2 manifest (docker media types throughout).
+    let docker_manifest = String::from_utf8(img.manifest.clone())
+        .unwrap()
+        .replace(
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .replace(
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.docker.container.image.v1+json",
+        )
+        .replace(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+        .into_bytes();
+    let arm = b"{\"not\":\"used\"}".to_vec();
+    let index = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests":[
+            {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":sha256(&arm),"size":arm.len(),
+             "platform":{"architecture":"arm64","os":"linux"}},
+            {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":sha256(&docker_manifest),"size":docker_manifest.len(),
+             "platform":{"architecture":"amd64","os":"linux"}}]}))
+    .unwrap();
+    let mut r = routes(&img);
+    r.insert("/v2/t/img/manifests/v1".into(), Answer::Body(index));
+    r.insert(
+        format!("/v2/t/img/manifests/{}", sha256(&docker_manifest)),
+        Answer::Body(docker_manifest.clone()),
+    );
+    let server = serve(r);
+    let root = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let image = store
+        .pull(
+            &format!("127.0.0.1:{}/t/img:v1", server.port),
+            &PullOptions::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        image.digest().as_str(),
+        sha256(&docker_manifest),
+        "the linux/amd64 manifest is stored"
+    );
+    assert!(
+        !server
+            .hits
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains(&sha256(&arm)[7..])),
+        "arm64 never fetched"
+    );
+    let rootfs = store.rootfs_image(&image).unwrap();
+    assert!(rootfs.exists());
+}
+
+#[test]
+fn index_without_linux_amd64_is_refused() {
+    let arm = b"{}".to_vec();
+    let index = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
+        "manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":sha256(&arm),"size":2,
+                      "platform":{"architecture":"arm64","os":"linux"}}]}))
+    .unwrap();
+    let mut r = HashMap::new();
+    r.insert("/v2/t/img/manifests/v1".to_string(), Answer::Body(index));
+    let (msg, root, _) = pull_err(r, 1);
+    assert!(msg.contains("no linux/amd64 image"), "{msg}");
+    assert_store_clean(root.path());
+}
