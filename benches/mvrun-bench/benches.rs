@@ -226,7 +226,7 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
         let err = String::from_utf8_lossy(&out.stderr);
         setup.extend(timing(&err, "VMM setup"));
         first_run.extend(timing(&err, "first KVM_RUN"));
-        rss.extend(timing(&err, "RSS before the guest ran").map(|kib| kib / 1024.0));
+        rss.extend(timing(&err, "VMM RSS excluding guest memory").map(|kib| kib / 1024.0));
     }
     let mut out = vec![
         series(

@@ -117,6 +117,13 @@ fn print_timings(t: &vmm::Timings, total: Duration) {
     }
     if let Some(kib) = t.rss_before_run_kib {
         eprintln!("mvrun: VMM RSS before the guest ran: {kib} KiB");
+        if let Some(guest) = t.guest_resident_kib {
+            eprintln!("mvrun: guest memory resident then: {guest} KiB");
+            eprintln!(
+                "mvrun: VMM RSS excluding guest memory: {} KiB",
+                kib.saturating_sub(guest)
+            );
+        }
     }
     eprintln!("mvrun: total: {}", ms(total));
 }

@@ -36,6 +36,9 @@ pub struct Timings {
     pub boot_timer: Option<Duration>,
     /// The VMM's resident memory just before the guest ran, in KiB.
     pub rss_before_run_kib: Option<u64>,
+    /// Of that, guest memory already resident (the kernel, initrd and boot tables the VMM wrote), in KiB;
+    /// the difference is the VMM's own overhead.
+    pub guest_resident_kib: Option<u64>,
 }
 
 /// How a run ended.
@@ -82,6 +85,7 @@ impl Vmm {
     /// Runs the guest until it ends or `timeout` passes, then stops every vCPU.
     pub fn run(mut self, timeout: Option<Duration>) -> RunOutcome {
         let rss = rss_kib();
+        let guest_resident = guest_resident_kib(&self.guest_memory);
         let shared = vstate::vcpu::VcpuShared {
             io_bus: self.io_bus.clone(),
             mmio_bus: self.mmio_bus.clone(),
@@ -135,9 +139,29 @@ impl Vmm {
                 first_kvm_run: shared.first_run.get().map(|t| *t - self.start),
                 boot_timer: self.boot_time.get().copied(),
                 rss_before_run_kib: rss,
+                guest_resident_kib: guest_resident,
             },
         }
     }
+}
+
+/// How much of guest memory is resident in the host, in KiB (mincore over every region).
+pub fn guest_resident_kib(mem: &vstate::memory::GuestMemory) -> Option<u64> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    const PAGE: usize = 4096;
+    let mut pages = 0u64;
+    for region in mem.iter() {
+        let host = mem.get_host_address(region.start_addr()).ok()?;
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: `host..host + len` is one live mapping owned by `mem`; `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        pages += vec.iter().filter(|b| **b & 1 == 1).count() as u64;
+    }
+    Some(pages * (PAGE as u64) / 1024)
 }
 
 /// This process's resident set size in KiB.
