@@ -271,6 +271,9 @@ pub fn process(
         .user(user.build()?)
         .capabilities(capabilities)
         .no_new_privileges(no_new_privileges)
+        // No rlimits of our own: the workload inherits guest-init's, as Docker's inherit the daemon's (oci-spec's
+        // default would pin RLIMIT_NOFILE to 1024).
+        .rlimits(Vec::new())
         .build()?)
 }
 
