@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,15 +178,45 @@ fn enable_controllers() {
     }
 }
 
-/// Tells the VMM we are ready: byte 123 at the boot timer's MMIO address.
+/// Tells the VMM we are ready: byte 123 at the boot timer's MMIO address. Through mmap, as Firecracker's init
+/// does: read()/write() on /dev/mem only reach RAM below high_memory, not MMIO.
 fn boot_timer() {
-    let r = OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_SYNC)
         .open("/dev/mem")
-        .and_then(|f| f.write_at(&[BOOT_TIMER_READY], BOOT_TIMER_ADDR));
-    if let Err(e) = r {
-        tracing::warn!("failed to write the boot timer: {e}");
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("failed to open /dev/mem for the boot timer: {e}");
+            return;
+        }
+    };
+    let page = 4096;
+    // SAFETY: a fresh shared mapping of one page of /dev/mem at the boot timer's page-aligned address; nothing
+    // else refers to it, and it is unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            BOOT_TIMER_ADDR as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        tracing::warn!(
+            "failed to map the boot timer: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: ptr maps a whole page we own; a volatile one-byte store is the MMIO write the VMM traps.
+    unsafe {
+        std::ptr::write_volatile(ptr.cast::<u8>(), BOOT_TIMER_READY);
+        libc::munmap(ptr, page);
     }
 }
 
