@@ -251,3 +251,63 @@ pub fn activate<D: VirtioDevice + ?Sized>(dev: &mut D, mem: &TestMem, queues: Ve
     }
     dev.activate(mem.mem.clone()).unwrap();
 }
+
+/// Counts the heap bytes the current thread holds, so a test can measure the most a guest makes the VMM allocate.
+/// Per thread because the test harness runs tests in parallel; a test that frees on another thread is not
+/// measured right, none here does.
+pub mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<i64> = const { Cell::new(0) };
+        static PEAK: Cell<i64> = const { Cell::new(0) };
+    }
+
+    fn add(delta: i64) {
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    /// The counting allocator (System underneath).
+    pub struct Counting;
+
+    // SAFETY: every call is forwarded to `System` with the same arguments; the counters only observe sizes.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's (valid, non-zero-size) layout.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as i64);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as i64));
+            // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: forwarded as received; the caller upholds realloc's contract.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as i64 - layout.size() as i64);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Runs `f` and returns its result and the largest heap growth (bytes) it caused on this thread.
+    pub fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, i64) {
+        let start = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(start));
+        let r = f();
+        (r, PEAK.with(Cell::get) - start)
+    }
+}

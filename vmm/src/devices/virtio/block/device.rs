@@ -395,6 +395,28 @@ mod tests {
     }
 
     #[test]
+    fn serving_requests_does_not_grow_the_heap() {
+        use crate::devices::virtio::test_utils::heap;
+        let mem = TestMem::new();
+        let f = disk(64);
+        let (mut blk, mut drv) = setup(&mem, &f, true);
+        let mut most = 0;
+        for i in 0..200u64 {
+            // Reads, refused writes, unknown types and out-of-range sectors, 255-buffer chains.
+            match i % 4 {
+                0 => request(&mut drv, VIRTIO_BLK_T_IN, i % 60, &[wo(D, 2048)]),
+                1 => request(&mut drv, VIRTIO_BLK_T_OUT, 0, &[ro(D, 512)]),
+                2 => request(&mut drv, 99, 0, &[]),
+                _ => request(&mut drv, VIRTIO_BLK_T_IN, 1 << 40, &[wo(D, 512); 253]),
+            };
+            let (_, growth) = heap::peak_growth(|| blk.process_queue());
+            most = most.max(growth);
+        }
+        assert!(!blk.common.needs_reset());
+        assert_eq!(most, 0, "heap growth while serving requests");
+    }
+
+    #[test]
     fn avail_index_beyond_the_queue_breaks_it() {
         let mem = TestMem::new();
         let f = disk(8);

@@ -506,6 +506,51 @@ mod tests {
         assert_eq!(accepted + reset, 300);
     }
 
+    /// The worst a guest can do to the VMM's heap through vsock: as many connections as allowed, each to a host
+    /// peer that never reads, each sent data past its credit until reset; plus a flood of packets for unknown
+    /// connections. The bound is MAX_CONNECTIONS x CONN_TX_BUF_SIZE (8 MiB) plus bookkeeping.
+    #[test]
+    fn the_largest_heap_growth_a_guest_can_cause_through_vsock_is_bounded() {
+        use crate::devices::virtio::test_utils::heap;
+        use crate::devices::virtio::vsock::MAX_CONNECTIONS;
+        let mem = TestMem::new();
+        let mut rig = Rig::new(&mem);
+        let listener = UnixListener::bind(format!("{}_95", rig.uds.display())).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let chunk = vec![0x77u8; 4096];
+        let mut peers = Vec::new();
+        let ((), growth) = heap::peak_growth(|| {
+            for c in 0..MAX_CONNECTIONS as u32 + 8 {
+                let port = 20_000 + c;
+                rig.send(guest_pkt(VSOCK_OP_REQUEST, port, 95, 0), &[]);
+                if let Ok((s, _)) = listener.accept() {
+                    peers.push(s);
+                }
+                // Fill the host socket, then this connection's VMM buffer to just below its cap, so that every
+                // connection holds the most it can at the same time.
+                let before = buffered(&rig.dev);
+                for _ in 0..200 {
+                    if buffered(&rig.dev) - before + 4096 > CONN_TX_BUF_SIZE as usize {
+                        break;
+                    }
+                    rig.send(guest_pkt(VSOCK_OP_RW, port, 95, 4096), &chunk);
+                }
+            }
+            for p in 0..2000 {
+                rig.send(guest_pkt(VSOCK_OP_RW, 40_000 + p, 1, 0), &[]);
+            }
+        });
+        let held = buffered(&rig.dev);
+        eprintln!(
+            "vsock: {held} bytes of guest data held for {} silent peers",
+            peers.len()
+        );
+        eprintln!("vsock: largest VMM heap growth under the worst guest: {growth} bytes");
+        let bound = (MAX_CONNECTIONS * CONN_TX_BUF_SIZE as usize) as i64 + (1 << 20);
+        assert!(growth <= bound, "{growth} > {bound}");
+        assert!(peers.len() <= MAX_CONNECTIONS);
+    }
+
     fn buffered(dev: &Vsock) -> usize {
         dev.backend.buffered_bytes()
     }
