@@ -25,6 +25,11 @@ use crate::container::{Reaper, Runtime};
 pub const BOOT_TIMER_ADDR: u64 = 0xd000_0000;
 /// The byte that tells the VMM guest-init is ready.
 pub const BOOT_TIMER_READY: u8 = 123;
+/// Environment variable that replaces /proc/cmdline and disables the boot timer (tests on a host only).
+pub const TEST_CMDLINE_ENV: &str = "GUEST_INIT_TEST_CMDLINE";
+/// Environment variable naming a directory where PID 1 listens on unix sockets `<port>.sock` instead of vsock
+/// (tests on a host only).
+pub const TEST_SOCKETS_ENV: &str = "GUEST_INIT_TEST_SOCKETS";
 /// Where everything of guest-init's lives in the guest.
 const RUN: &str = "/run/mvrun";
 /// Most agent connections served at once.
@@ -246,21 +251,40 @@ fn serve(
     kind: Option<StreamKind>,
     active: Arc<AtomicUsize>,
 ) -> Result<(), Error> {
-    let listener = vsock_listener(port)?;
+    let mut accept: Box<dyn FnMut() -> std::io::Result<File> + Send> =
+        match std::env::var(TEST_SOCKETS_ENV) {
+            // Tests on a host, where vsock has no loopback transport: unix sockets named after the ports.
+            Ok(dir) => {
+                fs::create_dir_all(&dir).map_err(io(format!("create {dir}")))?;
+                let path = format!("{dir}/{port}.sock");
+                let l = std::os::unix::net::UnixListener::bind(&path)
+                    .map_err(io(format!("listen on {path}")))?;
+                Box::new(move || l.accept().map(|(s, _)| File::from(OwnedFd::from(s))))
+            }
+            Err(_) => {
+                let listener = vsock_listener(port)?;
+                Box::new(move || {
+                    let fd = accept4(
+                        std::os::fd::AsRawFd::as_raw_fd(&listener),
+                        SockFlag::SOCK_CLOEXEC,
+                    )
+                    .map_err(std::io::Error::from)?;
+                    // SAFETY: accept4 returned a fresh descriptor nothing else owns.
+                    Ok(File::from(unsafe {
+                        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                    }))
+                })
+            }
+        };
     std::thread::spawn(move || loop {
-        let fd = match accept4(
-            std::os::fd::AsRawFd::as_raw_fd(&listener),
-            SockFlag::SOCK_CLOEXEC,
-        ) {
-            Ok(fd) => fd,
+        let conn = match accept() {
+            Ok(c) => c,
             Err(e) => {
-                tracing::warn!("accept on vsock port {port} failed: {e}");
+                tracing::warn!("accept on port {port} failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        // SAFETY: accept4 returned a fresh descriptor nothing else owns.
-        let conn = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: closes the connection
@@ -281,7 +305,13 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
     let started = Instant::now();
     leave_initramfs()?;
     mount_basics()?;
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(io("read /proc/cmdline"))?;
+    // Tests run PID 1 mode on a host inside `unshare --pid --mount --root`: they pass the command line here, and
+    // the boot timer (a write to guest-physical memory) must not touch the host's.
+    let test_cmdline = std::env::var(TEST_CMDLINE_ENV).ok();
+    let cmdline = match &test_cmdline {
+        Some(c) => c.clone(),
+        None => fs::read_to_string("/proc/cmdline").map_err(io("read /proc/cmdline"))?,
+    };
     let c = cmdline::Config::parse(&cmdline);
     let filter = c
         .log
@@ -319,7 +349,9 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
     ] {
         serve(agent.clone(), port, kind, active.clone())?;
     }
-    boot_timer();
+    if test_cmdline.is_none() {
+        boot_timer();
+    }
     tracing::info!(elapsed = ?started.elapsed(), "guest-init ready");
     Ok(agent)
 }

@@ -332,7 +332,10 @@ pub fn build(w: &WorkloadSpec, ctx: &Context) -> Result<Spec, Error> {
         );
     }
     let pids = w.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT);
-    resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    // 0 or negative means unlimited, as `docker run --pids-limit`.
+    if pids > 0 {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    }
 
     let mut linux = LinuxBuilder::default()
         .namespaces(oci_spec::runtime::get_default_namespaces())
