@@ -51,7 +51,8 @@ pub struct Block {
 impl Block {
     /// A disk on `backend`; `id` (at most 20 bytes are kept) answers GET_ID and becomes /sys/block/vdX/serial.
     pub fn new(backend: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Result<Self, Error> {
-        let mut features = 1 << VIRTIO_BLK_F_FLUSH;
+        // SEG_MAX: without it Linux sends one data segment per request, i.e. one page at a time.
+        let mut features = (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX);
         if read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -214,12 +215,12 @@ impl VirtioDevice for Block {
         &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_blk_config: only `capacity` (offset 0) is meaningful without further features.
-        crate::devices::virtio::read_config_bytes(
-            &self.capacity_sectors.to_le_bytes(),
-            offset,
-            data,
-        );
+        // struct virtio_blk_config: le64 capacity, le32 size_max (not offered), le32 seg_max. A chain holds the
+        // header and the status besides the data.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.capacity_sectors.to_le_bytes());
+        config[12..].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        crate::devices::virtio::read_config_bytes(&config, offset, data);
     }
 }
 
@@ -287,6 +288,10 @@ mod tests {
         let mut cap = [0u8; 8];
         blk.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut seg_max = [0u8; 4];
+        blk.read_config(12, &mut seg_max);
+        assert_eq!(u32::from_le_bytes(seg_max), u32::from(QUEUE_SIZE) - 2);
+        assert!(blk.common.has_feature(VIRTIO_BLK_F_SEG_MAX));
         assert!(blk.common.has_feature(VIRTIO_BLK_F_RO));
         assert!(blk.common.has_feature(VIRTIO_BLK_F_FLUSH));
     }

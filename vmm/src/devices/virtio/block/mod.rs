@@ -17,6 +17,8 @@ use vm_memory::VolatileSlice;
 
 /// Constants from include/uapi/linux/virtio_blk.h.
 pub mod defs {
+    /// The device says how many data segments a request may have (`seg_max`).
+    pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
     /// The device is read-only.
     pub const VIRTIO_BLK_F_RO: u32 = 5;
     /// The device supports the flush command.
