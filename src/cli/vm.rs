@@ -93,9 +93,12 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     match outcome.exit {
         exit if exit.is_clean() => Ok(ExitCode::SUCCESS),
         _ if outcome.timed_out => {
+            let rips: Vec<String> = outcome.stopped_rips.iter().map(|r| format!("{r:#x}")).collect();
             anyhow::bail!(
-                "the guest did not end within {} s (stopped by --timeout); on an emulated-KVM host a kernel boot takes tens of seconds",
-                args.timeout
+                "the guest did not end within {} s (stopped by --timeout; vCPU RIPs then: {}); on an emulated-KVM \
+                 host a kernel boot takes tens of seconds",
+                args.timeout,
+                rips.join(", ")
             )
         }
         exit @ VmExit::InternalError { suberror: 1, .. } => anyhow::bail!(

@@ -66,7 +66,9 @@ pub fn run(options: RunOptions) -> Result<u8, Error> {
     let mut phases: Vec<(String, Duration)> = Vec::new();
     let t = Instant::now();
     let store = images::ImageStore::open(paths::data_root())?;
-    let image = store.resolve_or_pull(&options.image, &images::PullOptions::new())?;
+    let pull = images::PullOptions::new()
+        .with_progress(std::sync::Arc::new(images::ConsoleProgress::auto()));
+    let image = store.resolve_or_pull(&options.image, &pull)?;
     phases.push(("image resolve".into(), t.elapsed()));
     let t = Instant::now();
     let rootfs = store.rootfs_image(&image)?;

@@ -48,6 +48,8 @@ pub struct RunOutcome {
     pub exit: VmExit,
     /// True when the timeout ended it.
     pub timed_out: bool,
+    /// Where each vCPU was when the VMM stopped it (only for VMs the VMM stopped: timeout or request).
+    pub stopped_rips: Vec<u64>,
     /// Measurements.
     pub timings: Timings,
 }
@@ -92,6 +94,7 @@ impl Vmm {
             exit: self.exit.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             first_run: Arc::new(OnceLock::new()),
+            stopped_rip: Arc::new((0..self.vcpus.len()).map(|_| Default::default()).collect()),
         };
         let mut threads = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
@@ -134,6 +137,11 @@ impl Vmm {
         RunOutcome {
             exit,
             timed_out,
+            stopped_rips: shared
+                .stopped_rip
+                .iter()
+                .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+                .collect(),
             timings: Timings {
                 setup: self.setup_done - self.start,
                 first_kvm_run: shared.first_run.get().map(|t| *t - self.start),

@@ -7,7 +7,7 @@ use crate::loader::BootEntry;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -60,6 +60,9 @@ pub struct VcpuShared {
     pub stop: Arc<AtomicBool>,
     /// When the boot vCPU first entered the guest.
     pub first_run: Arc<OnceLock<Instant>>,
+    /// Each vCPU's instruction pointer when the VMM stopped it (0 until then): tells where a guest that
+    /// never ended was spinning.
+    pub stopped_rip: Arc<Vec<AtomicU64>>,
 }
 
 /// One vCPU before its thread starts.
@@ -139,6 +142,12 @@ impl Vcpu {
     fn run(mut self, shared: VcpuShared) {
         loop {
             if shared.stop.load(Ordering::Acquire) {
+                if let (Ok(regs), Some(slot)) = (
+                    self.fd.get_regs(),
+                    shared.stopped_rip.get(usize::from(self.index)),
+                ) {
+                    slot.store(regs.rip, Ordering::Relaxed);
+                }
                 return;
             }
             if self.index == 0 {
