@@ -277,3 +277,40 @@ fn truncated_and_garbage_layers_fail_cleanly() {
     .unwrap_err();
     assert!(err.contains("failed to"), "{err}");
 }
+
+#[test]
+fn long_names_and_pax_size_are_followed_without_false_alarms() {
+    // GNU long names (tar::Builder writes an 'L' header for paths over 100 bytes).
+    let long = format!("{}/file", "d".repeat(150));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+    let gnu = b.into_inner().unwrap();
+    // A PAX size record overriding the header's size field (0 here). The file's 512 bytes of content look like
+    // a PAX header claiming 10 MiB: a guard that ignored the PAX size would take them for a header and refuse.
+    let mut decoy = tar::Header::new_ustar();
+    decoy.set_entry_type(tar::EntryType::XHeader);
+    decoy.set_size(10 << 20);
+    decoy.set_cksum();
+    let content = decoy.as_bytes().to_vec();
+    let mut pax = RawTar::new().pax(&[("size", b"512")]);
+    pax = pax.raw_header("sized", tar::EntryType::Regular, 0, &content);
+    let pax = pax.file("after", b"next").finish();
+
+    let t = tempfile::tempdir().unwrap();
+    unpack_all(
+        t.path(),
+        &[gnu, pax],
+        UnpackLimits {
+            max_extension_bytes: 4096,
+            ..UnpackLimits::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(t.path().join(&long)).unwrap(), b"abc");
+    assert_eq!(std::fs::read(t.path().join("sized")).unwrap(), content);
+    assert_eq!(std::fs::read(t.path().join("after")).unwrap(), b"next");
+}
