@@ -80,13 +80,23 @@ pub fn build(variants: &[Variant], options: &BuildOptions) -> Result<Vec<KernelA
     Ok(variants.iter().map(|v| artifacts(*v)).collect())
 }
 
+/// Removes build directories left by processes that died: those for `hash` (we hold its lock) and any whose
+/// process is gone.
 fn remove_stale_builds(root: &Path, hash: &str) {
     let prefix = format!(".build-{hash}-");
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".build-") else {
+            continue;
+        };
+        let owner_gone = rest
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if name.starts_with(&prefix) || owner_gone {
             if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                 tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale kernel build");
             }

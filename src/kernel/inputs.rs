@@ -35,6 +35,12 @@ pub(crate) const FILES: &[(&str, &str)] = &[
         "patches/0004-mvrun-syscall-at-cpl3-fixup.patch",
         include_str!("../../kernels/patches/0004-mvrun-syscall-at-cpl3-fixup.patch"),
     ),
+    (
+        "patches/0005-mvrun-clear-cpu-features-the-emulator-lacks.patch",
+        include_str!(
+            "../../kernels/patches/0005-mvrun-clear-cpu-features-the-emulator-lacks.patch"
+        ),
+    ),
 ];
 
 /// One embedded file by its path under `kernels/`.
