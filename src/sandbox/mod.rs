@@ -74,8 +74,13 @@ pub fn run(options: RunOptions) -> Result<u8, Error> {
     let rootfs = store.rootfs_image(&image)?;
     phases.push(("rootfs ready".into(), t.elapsed()));
 
-    let kernel = match &options.kernel {
-        Some(k) => k.clone(),
+    // `--kernel`, else `MVRUN_KERNEL`, else the store's build of the variant this host needs.
+    let kernel = match options
+        .kernel
+        .clone()
+        .or_else(|| std::env::var_os("MVRUN_KERNEL").map(PathBuf::from))
+    {
+        Some(k) => k,
         None => kernel::ensure_built(Variant::for_this_host(), true)?.vmlinux,
     };
     let initrd = initramfs::ensure(&initramfs::find_guest_init()?)?;
