@@ -173,7 +173,8 @@ fn guest_kernel_prints_banner_and_command_line_marker() {
     eprintln!("normal kernel: {:?} wall clock", r.elapsed);
 }
 
-/// A busybox initramfs whose /init prints `marker`, writes the boot-timer byte and reboots.
+/// A busybox initramfs whose /init prints `marker` and reboots. (The boot timer is written by guest-init, through
+/// an mmap of /dev/mem; the full-path tests check it.)
 fn busybox_initramfs(dir: &Path, marker: &str) -> Option<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -186,9 +187,7 @@ fn busybox_initramfs(dir: &Path, marker: &str) -> Option<PathBuf> {
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     let init = format!(
-        "#!/bin/sh\n/bin/busybox mount -t devtmpfs dev /dev\necho {marker}\n\
-         /bin/busybox printf '\\173' | /bin/busybox dd of=/dev/mem bs=1 seek=3489660928 count=1 2>/dev/null\n\
-         /bin/busybox reboot -f\n"
+        "#!/bin/sh\n/bin/busybox mount -t devtmpfs dev /dev\necho {marker}\n/bin/busybox reboot -f\n"
     );
     let init_path = root.join("init");
     std::fs::write(&init_path, init).unwrap();
@@ -250,11 +249,6 @@ fn guest_emulated_kernel_reaches_user_space_and_resets() {
     assert!(
         r.success,
         "the guest's reboot should end the VM cleanly:\n{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("guest boot timer"),
-        "boot timer not recorded:\n{}",
         r.stderr
     );
     eprintln!("{}", r.stderr);
