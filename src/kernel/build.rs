@@ -125,24 +125,26 @@ fn run_build(
     std::fs::create_dir_all(&logs).map_err(io_err("create", &logs))?;
     let log_path = logs.join(format!("build-{hash}.log"));
     let build_dir = root.join(format!(".build-{hash}-{}", std::process::id()));
-    let result = build_in(variants, &build_dir, &log_path, tarball, progress, &names);
+    let result =
+        build_in(variants, &build_dir, &log_path, tarball, progress, &names).and_then(|built| {
+            let outputs = built.map_err(|reason| Error::BuildFailed {
+                variants: names.clone(),
+                reason,
+                log: log_path.clone(),
+            })?;
+            // Installed from inside the build directory, before it is removed below.
+            for (variant, out) in variants.iter().zip(outputs) {
+                install(&out, &cache_dir(*variant, hash), &log_path)?;
+            }
+            Ok(())
+        });
     // The unpacked source is over a GiB: never leave it behind, whatever happened.
     if let Err(e) = std::fs::remove_dir_all(&build_dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %build_dir.display(), error = %e, "cannot remove the kernel build directory");
         }
     }
-    let failure = |reason: String| Error::BuildFailed {
-        variants: names.clone(),
-        reason,
-        log: log_path.clone(),
-    };
-    let outputs = result?.map_err(failure)?;
-
-    for (variant, out) in variants.iter().zip(outputs) {
-        install(&out, &cache_dir(*variant, hash), &log_path)?;
-    }
-    Ok(())
+    result
 }
 
 /// Runs the script; the outer error is mvrun's own, the inner one the build's (with the reason).
