@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds mvrun (release) and the static guest-init, and installs them:
-#   /usr/local/bin/mvrun, /usr/local/bin/containerd-shim-mvrun-v2 (when built), /usr/local/lib/mvrun/guest-init
+#   /usr/local/bin/mvrun, /usr/local/bin/mvrun-vmm (one per sandbox, started by mvrun), /usr/local/lib/mvrun/guest-init
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
 
-echo "==> building mvrun (release)"
-cargo build --release --locked -p mvrun
+echo "==> building mvrun and its per-sandbox VMM (release)"
+cargo build --release --locked -p mvrun --bin mvrun --bin mvrun-vmm
 install -D -m 0755 "$target/release/mvrun" /usr/local/bin/mvrun
+install -D -m 0755 "$target/release/mvrun-vmm" /usr/local/bin/mvrun-vmm
 
 if [[ -x guest-init/build-static.sh ]]; then
     echo "==> building the static guest-init"
