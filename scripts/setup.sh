@@ -10,5 +10,5 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 echo "==> building the guest kernel for this host (minutes the first time, cached afterwards)"
 mvrun kernel build
 
-echo "==> example: booting the guest kernel in mvrun's VMM"
+echo "==> example: mvrun run of the built-in busybox image in a fresh microVM"
 "$root/scripts/example.sh"
