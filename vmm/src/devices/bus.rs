@@ -71,34 +71,27 @@ impl Bus {
         (addr - base < entry.len).then_some((addr - base, entry))
     }
 
+    /// Runs `f` on the device mapped at `addr` with the offset into it; false when nothing is mapped there.
+    fn dispatch(&self, addr: u64, f: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
+        let Some((offset, entry)) = self.find(addr) else {
+            return false;
+        };
+        // A device whose lock was poisoned by a panic keeps serving: its state is plain data.
+        f(
+            &mut *entry.device.lock().unwrap_or_else(|p| p.into_inner()),
+            offset,
+        );
+        true
+    }
+
     /// Dispatches a read; returns false when nothing is mapped at `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr) {
-            Some((offset, entry)) => {
-                entry
-                    .device
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .read(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.dispatch(addr, |dev, offset| dev.read(offset, data))
     }
 
     /// Dispatches a write; returns false when nothing is mapped at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr) {
-            Some((offset, entry)) => {
-                entry
-                    .device
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .write(offset, data);
-                true
-            }
-            None => false,
-        }
+        self.dispatch(addr, |dev, offset| dev.write(offset, data))
     }
 }
 
