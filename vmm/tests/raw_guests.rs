@@ -1,37 +1,11 @@
 //! Hand-assembled guests run on /dev/kvm: fast checks of the VMM's own path (KVM setup, vCPU entry modes, port
 //! I/O dispatch, the serial console, the i8042 reset, timeouts) without a kernel.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{kvm_usable, Console};
 use std::time::{Duration, Instant};
 use vmm::{build_vm, Payload, RawMode, VmConfig, VmExit};
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm_usable() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        true
-    } else {
-        eprintln!("SKIP: /dev/kvm is missing or not usable by this user");
-        false
-    }
-}
 
 /// `out dx, al` of each byte of `text` to COM1, then (optionally) 0xfe to the i8042 command port, then `hlt`.
 /// The encodings are the same in real mode and long mode except `mov dx, imm16`, which needs an operand-size

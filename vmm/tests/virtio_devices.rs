@@ -2,37 +2,13 @@
 //! drives virtio-mmio slot 0 as a block driver would, through KVM's ioeventfd and the VMM's event loop, and
 //! prints what it read. Also checks that every device type registers (MMIO slot, irqfd, ioeventfds).
 
-use std::io::Write;
+mod common;
+
+use common::{kvm_usable, Console};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm::config::{BlockConfig, NetConfig, VsockConfig};
 use vmm::{build_vm, Payload, RawMode, VmConfig, VmExit};
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIP: /dev/kvm is missing or not usable by this user");
-    }
-    ok
-}
 
 const BLK_GUEST: &[u8] = include_bytes!("guests/virtio_blk_read.bin");
 

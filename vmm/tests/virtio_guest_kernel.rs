@@ -6,31 +6,13 @@
 //! `emulated` variant on a nested-PVM host. Without one the test prints SKIP. On an emulated-KVM host the boot up
 //! to the virtio probe takes tens of seconds.
 
-use std::io::Write;
+mod common;
+
+use common::Console;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm::config::{BlockConfig, VsockConfig};
 use vmm::{build_vm, Payload, VmConfig, VmExit};
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn find_kernel() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MVRUN_TEST_KERNEL") {
