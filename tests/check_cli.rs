@@ -73,7 +73,11 @@ fn built_in_image_is_audited() {
         "busybox's config has no USER: {text}"
     );
     assert!(text.contains("PASS run.user"), "{text}");
-    assert!(text.contains("image.source"), "{text}");
+    assert!(text.contains("INFO image.source"), "{text}");
+    assert!(
+        text.contains("built-in image"),
+        "provenance recorded by the store: {text}"
+    );
 }
 
 #[test]

@@ -117,7 +117,7 @@ pub(crate) fn create(store: &ImageStore) -> Result<Image> {
         what: "built-in manifest".into(),
         source,
     })?;
-    store.commit_image(BUILTIN_NAME, &manifest_bytes)
+    store.commit_image(BUILTIN_NAME, &manifest_bytes, crate::store::Origin::BuiltIn)
 }
 
 // No PT_INTERP program header means no dynamic loader: it runs in a rootfs with no libc.

@@ -45,7 +45,12 @@ pub(crate) fn import(store: &ImageStore, path: &Path, name: &str) -> Result<Imag
         })?;
         work.path().to_path_buf()
     };
-    let layout = Layout::open(&dir)?;
+    let mut layout = Layout::open(&dir)?;
+    // Recorded as the image's provenance: the file or directory the user named, made absolute.
+    layout.source = std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string();
     if layout.exists("index.json") {
         import_oci(store, &layout, &name)
     } else if layout.exists("manifest.json") {
@@ -62,9 +67,17 @@ pub(crate) fn import(store: &ImageStore, path: &Path, name: &str) -> Result<Imag
 struct Layout {
     fd: OwnedFd,
     path: String,
+    /// What the user imported (the archive, not its extraction directory).
+    source: String,
 }
 
 impl Layout {
+    fn origin(&self) -> crate::store::Origin {
+        crate::store::Origin::Import {
+            path: self.source.clone(),
+        }
+    }
+
     fn open(dir: &Path) -> Result<Self> {
         let fd = rustix::fs::open(
             dir,
@@ -79,6 +92,7 @@ impl Layout {
         Ok(Self {
             fd,
             path: dir.display().to_string(),
+            source: dir.display().to_string(),
         })
     }
     fn file(&self, rel: &str) -> Result<File> {
@@ -245,7 +259,7 @@ fn import_manifest(
             store.max_layer_bytes(),
         )?;
     }
-    store.commit_image(name, bytes)
+    store.commit_image(name, bytes, layout.origin())
 }
 
 fn copy_blob(
@@ -381,7 +395,7 @@ fn import_docker(store: &ImageStore, layout: &Layout, name: &str) -> Result<Imag
         what: "converted manifest".into(),
         source,
     })?;
-    store.commit_image(name, &bytes)
+    store.commit_image(name, &bytes, layout.origin())
 }
 
 // "<hex>.json" or "blobs/sha256/<hex>" -> hex.

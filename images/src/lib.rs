@@ -31,5 +31,5 @@ pub use progress::{ConsoleProgress, NoProgress, Progress};
 pub use reference::normalize_reference;
 pub use registry::PullOptions;
 pub use rootfs::RootfsFormat;
-pub use store::{Image, ImageStore, ImageSummary, PruneReport};
+pub use store::{Image, ImageStore, ImageSummary, Origin, PruneReport};
 pub use unpack::UnpackLimits;

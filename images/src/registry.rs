@@ -178,6 +178,7 @@ struct Puller<'a> {
     name: String,
     registry: String,
     scheme: &'static str,
+    tls: bool,
     opts: &'a PullOptions,
     client: Client,
     http: reqwest::Client,
@@ -221,6 +222,7 @@ impl<'a> Puller<'a> {
             name,
             registry,
             scheme: if plain { "http" } else { "https" },
+            tls: !plain,
             opts,
             client,
             http,
@@ -323,7 +325,11 @@ impl<'a> Puller<'a> {
                 .await?;
         }
         self.store.put_blob_bytes(&bytes)?;
-        let image = self.store.commit_image(&self.name, &bytes)?;
+        let origin = crate::store::Origin::Registry {
+            registry: self.registry.clone(),
+            tls: self.tls,
+        };
+        let image = self.store.commit_image(&self.name, &bytes, origin)?;
         p.note(&format!("{}: pulled {digest}", self.name));
         Ok(image)
     }

@@ -51,6 +51,27 @@ pub struct Image {
     digest: Digest,
     manifest: ImageManifest,
     config: ImageConfiguration,
+    origin: Option<Origin>,
+}
+
+/// Where an image in the store came from, recorded when it was named (pull, import or the built-in recipe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// Pulled from a registry.
+    Registry {
+        /// The registry host (`registry-1.docker.io`, `127.0.0.1:5000`).
+        registry: String,
+        /// Whether the pull used HTTPS (false: plain HTTP, asked for with `--insecure` or a localhost registry).
+        tls: bool,
+    },
+    /// Imported from a local OCI layout or `docker save` archive.
+    Import {
+        /// The path it was imported from, as given.
+        path: String,
+    },
+    /// mvrun's built-in image, made from the host's busybox-static.
+    BuiltIn,
 }
 
 impl Image {
@@ -69,6 +90,10 @@ impl Image {
     /// The image configuration: `config().config()` holds Env, Cmd, Entrypoint, User, WorkingDir.
     pub fn config(&self) -> &ImageConfiguration {
         &self.config
+    }
+    /// Where it came from; `None` for images named by a store that did not record it yet.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
     /// Sum of the (compressed) layer sizes.
     pub fn size(&self) -> u64 {
@@ -111,6 +136,9 @@ struct Index {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct IndexEntry {
     manifest: String,
+    /// Absent in indexes written before provenance was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
 }
 
 /// An flock held until dropped.
@@ -203,7 +231,9 @@ impl ImageStore {
         };
         if let Some(entry) = self.read_index()?.images.get(&name) {
             let digest = Digest::parse(&entry.manifest)?;
-            return self.load_image(Some(name), &digest).map(Some);
+            let mut image = self.load_image(Some(name), &digest)?;
+            image.origin = entry.origin.clone();
+            return Ok(Some(image));
         }
         // A digest reference is found by content even under another name.
         if let Some(d) = parsed.digest() {
@@ -307,7 +337,9 @@ impl ImageStore {
             .ok_or_else(|| Error::NotFound(name.clone()))?;
         self.write_index(&index)?;
         let digest = Digest::parse(&entry.manifest)?;
-        self.load_image(Some(name), &digest)
+        let mut image = self.load_image(Some(name), &digest)?;
+        image.origin = entry.origin;
+        Ok(image)
     }
 
     /// Deletes every blob and rootfs image no indexed image references, and leftovers in tmp/.
@@ -589,11 +621,18 @@ impl ImageStore {
             digest: digest.clone(),
             manifest,
             config,
+            origin: None,
         })
     }
 
-    /// Checks a manifest whose config and layers are all in the store (verified), stores it and names it.
-    pub(crate) fn commit_image(&self, name: &str, manifest_bytes: &[u8]) -> Result<Image> {
+    /// Checks a manifest whose config and layers are all in the store (verified), stores it and names it, recording
+    /// where it came from.
+    pub(crate) fn commit_image(
+        &self,
+        name: &str,
+        manifest_bytes: &[u8],
+        origin: Origin,
+    ) -> Result<Image> {
         if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(Error::TooLarge {
                 what: "manifest".into(),
@@ -613,18 +652,20 @@ impl ImageStore {
             }
         }
         self.put_blob_bytes(manifest_bytes)?;
-        let image = self.load_image(Some(name.to_string()), &digest)?;
-        self.tag(name, &digest)?;
+        let mut image = self.load_image(Some(name.to_string()), &digest)?;
+        self.tag(name, &digest, origin.clone())?;
+        image.origin = Some(origin);
         Ok(image)
     }
 
-    pub(crate) fn tag(&self, name: &str, digest: &Digest) -> Result<()> {
+    pub(crate) fn tag(&self, name: &str, digest: &Digest, origin: Origin) -> Result<()> {
         let _guard = self.lock("index", FlockOperation::LockExclusive)?;
         let mut index = self.read_index()?;
         index.images.insert(
             name.to_string(),
             IndexEntry {
                 manifest: digest.to_string(),
+                origin: Some(origin),
             },
         );
         self.write_index(&index)
@@ -821,4 +862,33 @@ pub(crate) fn check_layers_match(
         Digest::parse(d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_written_before_provenance_still_reads_and_origins_round_trip() {
+        let old: Index = serde_json::from_str(
+            r#"{"version":1,"images":{"docker.io/library/a:1":{"manifest":"sha256:00"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.images["docker.io/library/a:1"].origin, None);
+
+        let origin = Origin::Registry {
+            registry: "ghcr.io".into(),
+            tls: true,
+        };
+        let json = serde_json::to_string(&origin).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"registry","registry":"ghcr.io","tls":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Origin>(&json).unwrap(), origin);
+        assert_eq!(
+            serde_json::to_string(&Origin::BuiltIn).unwrap(),
+            r#"{"kind":"built-in"}"#
+        );
+    }
 }

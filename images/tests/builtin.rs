@@ -22,6 +22,7 @@ fn builtin_busybox_resolves_and_runs_from_its_rootfs() {
         .resolve_or_pull("busybox", &PullOptions::new())
         .unwrap();
     assert_eq!(img.name(), Some("mvrun/busybox:latest"));
+    assert_eq!(img.origin(), Some(&images::Origin::BuiltIn));
     let cfg = img.config().config().as_ref().unwrap();
     assert_eq!(cfg.cmd().as_deref(), Some(&["sh".to_string()][..]));
     assert!(cfg.env().as_ref().unwrap()[0].starts_with("PATH="));

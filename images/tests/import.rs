@@ -92,6 +92,15 @@ fn umoci_layout_directory_and_tar() {
     tar_dir(&layout, &tarball);
     let img2 = store.import(&tarball, "umoci/test:tar").unwrap();
     assert_eq!(img2.digest(), img.digest());
+    // Provenance: what the user imported (the tar, not its extraction directory), kept in the index.
+    let origin = images::Origin::Import {
+        path: tarball.display().to_string(),
+    };
+    assert_eq!(img2.origin(), Some(&origin));
+    assert_eq!(
+        store.lookup("umoci/test:tar").unwrap().unwrap().origin(),
+        Some(&origin)
+    );
     assert_eq!(
         std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
         0,

@@ -95,6 +95,14 @@ fn pull_matches_source_byte_for_byte_and_builds_rootfs() {
         "same manifest digest as the source"
     );
     assert_eq!(blob(root.path(), &layout.manifest_digest), layout.manifest);
+    // Provenance: a localhost registry is spoken to over plain HTTP, and the store says so, also on a later lookup.
+    let registry_origin = images::Origin::Registry {
+        registry: reg.host().to_string(),
+        tls: false,
+    };
+    assert_eq!(image.origin(), Some(&registry_origin));
+    let again = store.lookup(&reference).unwrap().unwrap();
+    assert_eq!(again.origin(), Some(&registry_origin));
     assert_eq!(
         blob(root.path(), image.manifest().config().digest().as_ref()),
         layout.config

@@ -12,8 +12,8 @@ pub enum Source {
     RegistryTls(String),
     /// Pulled from a registry over plain HTTP.
     RegistryPlainHttp(String),
-    /// Imported from a local OCI layout or archive.
-    LocalImport,
+    /// Imported from a local OCI layout or archive (its path).
+    LocalImport(String),
     /// mvrun's built-in image.
     BuiltIn,
     /// The store does not record where this image came from.
@@ -176,10 +176,10 @@ fn source(f: &ImageFacts) -> Finding {
             format!("pulled from {r} over plain HTTP"),
             "use a registry with TLS; digests still protect the content",
         ),
-        Source::LocalImport => Finding::new(
+        Source::LocalImport(path) => Finding::new(
             id,
             Status::Info,
-            "imported from a local archive or layout",
+            format!("imported from the local archive or layout {path}"),
             "",
         ),
         Source::BuiltIn => Finding::new(
@@ -191,8 +191,8 @@ fn source(f: &ImageFacts) -> Finding {
         Source::Unrecorded => Finding::new(
             id,
             Status::Info,
-            "the store does not record where this image came from (registry or import)",
-            "",
+            "the store does not record where this image came from (named before mvrun recorded provenance)",
+            "pull or import it again to record its source",
         ),
     }
 }
@@ -270,6 +270,19 @@ mod tests {
         assert_eq!(find(&f, "image.user").status, Status::Warn);
         assert_eq!(find(&f, "image.digests").status, Status::Fail);
         assert_eq!(find(&f, "image.source").status, Status::Warn);
+    }
+
+    #[test]
+    fn the_recorded_source_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = facts(t.path());
+        assert_eq!(find(&f, "image.source").status, Status::Pass);
+        f.source = Source::LocalImport("/srv/app.tar".into());
+        let s = find(&f, "image.source");
+        assert_eq!(s.status, Status::Info);
+        assert!(s.reason.contains("/srv/app.tar"), "{}", s.reason);
+        f.source = Source::Unrecorded;
+        assert!(find(&f, "image.source").remedy.contains("again"));
     }
 
     #[test]

@@ -197,10 +197,18 @@ pub fn image_facts(name: &str, scratch: &std::path::Path) -> Result<image::Image
         .as_ref()
         .and_then(|c| c.user().clone())
         .filter(|u| !u.is_empty());
-    let source = if images::builtin::is_builtin_name(name) {
-        image::Source::BuiltIn
-    } else {
-        image::Source::Unrecorded
+    let source = match img.origin() {
+        Some(images::Origin::BuiltIn) => image::Source::BuiltIn,
+        Some(images::Origin::Import { path }) => image::Source::LocalImport(path.clone()),
+        Some(images::Origin::Registry {
+            registry,
+            tls: true,
+        }) => image::Source::RegistryTls(registry.clone()),
+        Some(images::Origin::Registry {
+            registry,
+            tls: false,
+        }) => image::Source::RegistryPlainHttp(registry.clone()),
+        None => image::Source::Unrecorded,
     };
     Ok(image::ImageFacts {
         name: name.to_string(),

@@ -68,6 +68,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let out = serde_json::json!({
                 "name": image.name(),
                 "digest": image.digest().as_str(),
+                "origin": image.origin(),
                 "manifest": image.manifest(),
                 "config": image.config(),
                 "rootfs": store.rootfs_if_built(&image),
