@@ -14,9 +14,11 @@ pub const ALL: &[(&str, Bench)] = &[
     ("vmm-peer", vmm_peer),
     ("cold-start", cold_start),
     ("density", density),
+    ("rootfs-format", crate::guest_io::rootfs_format),
+    ("io", crate::guest_io::io),
 ];
 
-fn series(
+pub(crate) fn series(
     bench: &str,
     subject: &str,
     metric: &str,
@@ -60,7 +62,7 @@ fn kernel(ctx: &Ctx) -> Result<PathBuf, String> {
 }
 
 /// A busybox root filesystem, like mvrun's built-in image.
-fn busybox_rootfs(dir: &Path) -> Result<(), String> {
+pub(crate) fn busybox_rootfs(dir: &Path) -> Result<(), String> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     for d in ["proc", "sys", "dev", "tmp", "etc"] {
@@ -195,7 +197,7 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
 }
 
 /// Parses a `mvrun: <label>: <value> <unit>` line of `--timings` output.
-fn timing(stderr: &str, label: &str) -> Option<f64> {
+pub(crate) fn timing(stderr: &str, label: &str) -> Option<f64> {
     stderr
         .lines()
         .find(|l| l.contains(label))
@@ -353,6 +355,59 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
             "ms",
             true,
             runc,
+        ));
+        if have("containerd") && have("ctr") {
+            out.extend(ctr_peers(ctx, &bundle.join("rootfs"), n)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `ctr run --rm --rootfs` of the same rootfs with runc, and with mvrun's shim when it is built next to mvrun.
+fn ctr_peers(ctx: &Ctx, rootfs: &Path, n: usize) -> Result<Vec<Series>, String> {
+    let bin_dir = ctx.mvrun.parent().unwrap_or(Path::new("/"));
+    let containerd =
+        crate::containerd::Containerd::start(&ctx.scratch.join("containerd"), bin_dir)?;
+    let rootfs = rootfs.display().to_string();
+    let mut runtimes = vec![("ctr run (runc)", "io.containerd.runc.v2")];
+    if bin_dir.join("containerd-shim-mvrun-v2").is_file() {
+        runtimes.push(("ctr run (mvrun shim)", crate::containerd::MVRUN_RUNTIME));
+    } else {
+        eprintln!("   containerd-shim-mvrun-v2 is not built next to mvrun: no ctr peer for mvrun");
+    }
+    let mut out = Vec::new();
+    for (subject, runtime) in runtimes {
+        let mut times = Vec::new();
+        for i in 0..n {
+            let id = format!("mvrun-bench-{}-{i}", std::process::id());
+            let t = Instant::now();
+            let o = containerd
+                .ctr(&[
+                    "run",
+                    "--rm",
+                    "--runtime",
+                    runtime,
+                    "--rootfs",
+                    &rootfs,
+                    &id,
+                    "/bin/true",
+                ])
+                .map_err(|e| e.to_string())?;
+            if !o.status.success() {
+                return Err(format!(
+                    "ctr run --runtime {runtime} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            times.push(ms(t.elapsed()));
+        }
+        out.push(series(
+            "cold-start",
+            subject,
+            "wall time",
+            "ms",
+            runtime != crate::containerd::MVRUN_RUNTIME,
+            times,
         ));
     }
     Ok(out)

@@ -7,9 +7,12 @@
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
 //! on the same kernel and initramfs, time to init's marker), `vmm-overhead` (VMM setup time and RSS from
 //! `mvrun vm boot --timings`, VMM instructions for building a VM under callgrind), `density` (N idle sandboxes:
-//! host memory per sandbox, start throughput).
+//! host memory per sandbox, start throughput), `rootfs-format` (erofs vs ext4: the guest's mount time and first
+//! exec), `io` (sequential read from the rootfs device and stdout through vsock, guest vs host).
 
 mod benches;
+mod containerd;
+mod guest_io;
 mod plot;
 mod stats;
 
@@ -69,7 +72,7 @@ fn main() {
             "--only" => only.extend(args.next()),
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
-                println!("usage: mvrun-bench [--quick] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density]...");
+                println!("usage: mvrun-bench [--quick] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
                 return;
             }
             other => {

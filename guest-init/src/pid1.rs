@@ -324,7 +324,14 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
     if let Err(e) = nix::unistd::sethostname("mvrun") {
         tracing::warn!("failed to set the hostname: {e}");
     }
+    let mount_started = Instant::now();
     let rootfs = mount_rootfs(&c)?;
+    // Read by `mvrun-bench rootfs-format` (erofs vs ext4) from the console with `MVRUN_GUEST_LOG=info`.
+    tracing::info!(
+        fstype = c.rootfstype,
+        elapsed_us = mount_started.elapsed().as_micros() as u64,
+        "rootfs mounted"
+    );
     enable_controllers();
     let reaper = Reaper::start();
     reaper.reap_orphans();

@@ -16,9 +16,20 @@ pub mod vm;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+const ENVIRONMENT: &str = "\
+Environment:
+  MVRUN_ROOT            image store and kernel cache (default /var/lib/mvrun)
+  MVRUN_RUN_DIR         live sandboxes' state (default /run/mvrun)
+  MVRUN_KERNEL          guest kernel to boot (--kernel wins; default: this host's cached build)
+  MVRUN_GUEST_INIT      guest-init binary (default /usr/local/lib/mvrun/guest-init)
+  MVRUN_ROOTFS_FORMAT   rootfs block image filesystem: erofs (default) or ext4
+  MVRUN_GUEST_LOG       guest-init's log filter (e.g. info), logged to console.log
+  MVRUN_LOG             mvrun's own log filter (same as --log-level)
+  MVRUN_KERNEL_SOURCE   kernel source tarball (default: Debian's linux-source-6.12)";
+
 /// Run untrusted OCI images, each in its own KVM microVM.
 #[derive(Debug, Parser)]
-#[command(name = "mvrun", version, about, long_about = None)]
+#[command(name = "mvrun", version, about, long_about = None, after_long_help = ENVIRONMENT)]
 pub struct Cli {
     /// Log level or filter for mvrun's own logs on stderr (error, warn, info, debug, trace; or a tracing filter).
     #[arg(long, global = true, env = "MVRUN_LOG")]

@@ -49,14 +49,25 @@ pub struct LaunchSpec {
     pub cli_phases: Vec<(String, Duration)>,
 }
 
+/// Environment variable: guest-init's log filter (`mvrun.log=` on the guest's command line), e.g. `info`; its
+/// lines land in the sandbox's console.log.
+pub const GUEST_LOG_ENV: &str = "MVRUN_GUEST_LOG";
+
 /// Guest-init's command-line words for a sandbox (read by guest-init: see guest-init/src).
 pub fn guest_cmdline(rootfs_fstype: &str) -> String {
-    vmm::config::cmdline_with(
-        vmm::DEFAULT_CMDLINE,
-        &[
-            "quiet",
-            "mvrun.rootfs=/dev/vda",
-            &format!("mvrun.rootfstype={rootfs_fstype}"),
-        ],
-    )
+    let mut words = vec![
+        "quiet".to_string(),
+        "mvrun.rootfs=/dev/vda".to_string(),
+        format!("mvrun.rootfstype={rootfs_fstype}"),
+    ];
+    // One command-line word: a filter with spaces or quotes would split it, so it is dropped with a warning.
+    if let Ok(filter) = std::env::var(GUEST_LOG_ENV) {
+        if !filter.is_empty() && filter.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+            words.push(format!("mvrun.log={filter}"));
+        } else {
+            tracing::warn!("ignoring {GUEST_LOG_ENV}={filter:?}: not a single command-line word");
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    vmm::config::cmdline_with(vmm::DEFAULT_CMDLINE, &words)
 }

@@ -59,13 +59,16 @@ pub enum Error {
     /// The VMM binary is missing.
     #[error("{VMM_BINARY} not found next to {0}: run scripts/build.sh")]
     NoVmmBinary(PathBuf),
+    /// An environment variable mvrun reads has a value it cannot use.
+    #[error("{0}: {1}")]
+    Env(&'static str, String),
 }
 
 /// Runs a sandbox to completion (or starts it detached) and returns the exit code for the caller.
 pub fn run(options: RunOptions) -> Result<u8, Error> {
     let mut phases: Vec<(String, Duration)> = Vec::new();
     let t = Instant::now();
-    let store = images::ImageStore::open(paths::data_root())?;
+    let store = images::ImageStore::open(paths::data_root())?.with_rootfs_format(rootfs_format()?);
     let pull = images::PullOptions::new()
         .with_progress(std::sync::Arc::new(images::ConsoleProgress::auto()));
     let image = store.resolve_or_pull(&options.image, &pull)?;
@@ -130,6 +133,16 @@ fn boot_timeout() -> u64 {
     match Variant::for_this_host() {
         Variant::Emulated => 600,
         Variant::Normal => 30,
+    }
+}
+
+/// Environment variable: the rootfs block image's filesystem, `erofs` (the default) or `ext4`.
+pub const ROOTFS_FORMAT_ENV: &str = "MVRUN_ROOTFS_FORMAT";
+
+fn rootfs_format() -> Result<images::RootfsFormat, Error> {
+    match std::env::var(ROOTFS_FORMAT_ENV) {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|e| Error::Env(ROOTFS_FORMAT_ENV, e)),
+        _ => Ok(images::RootfsFormat::default()),
     }
 }
 
