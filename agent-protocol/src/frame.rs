@@ -234,6 +234,8 @@ mod tests {
                 cwd: Some("/tmp".into()),
                 user: Some("65534".into()),
                 stdin: true,
+                tty: true,
+                window: Some(WindowSize { rows: 24, cols: 80 }),
             },
             hostname: Some("box".into()),
             cap_add: vec!["NET_ADMIN".into()],

@@ -68,6 +68,22 @@ pub struct ProcessSpec {
     pub user: Option<String>,
     /// Whether a stdin stream is attached (otherwise stdin is /dev/null).
     pub stdin: bool,
+    /// Run the process on a pseudo-terminal, as `docker run -t`: its stdin, stdout and stderr are the terminal,
+    /// so its output (stdout and stderr merged, as Docker does) travels on the stdout stream, input on the stdin
+    /// stream goes through the terminal's line discipline, and `Resize` applies.
+    pub tty: bool,
+    /// The terminal's size from the start (with `tty`); absent leaves it 0x0, as Docker does without a terminal
+    /// on the client.
+    pub window: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// The workload: everything `CreateAndStart` needs. Fields left out take the hardened defaults.
@@ -128,7 +144,7 @@ pub enum Request {
     Exec(Exec),
     /// Send a signal to a process. Reply: `Ok`.
     Signal(Signal),
-    /// Resize a process's terminal. Reply: `Ok`, or `Error` when it has none.
+    /// Resize a process's terminal (one started with `tty`). Reply: `Ok`, or `Error` when it has none.
     Resize(Resize),
     /// Close a process's stdin (it reads EOF). Reply: `Ok`.
     CloseStdin(ProcessRef),

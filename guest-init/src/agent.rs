@@ -3,7 +3,9 @@
 //!
 //! One thread per connection. stdio connections bind themselves to a process id with `AttachStream` and are then
 //! handed to libcontainer as the process's fds 0/1/2: guest-init never copies workload output, so a large output
-//! cannot stall the control channel, and the process sees EOF/EPIPE exactly when the host closes its end.
+//! cannot stall the control channel, and the process sees EOF/EPIPE exactly when the host closes its end. A process
+//! started with a terminal is the exception: its stdio is the pty slave, and [`crate::tty::pump`] copies between
+//! the master and the streams (stderr merges into stdout, as with Docker's `-t`).
 //! Bounded: at most [`MAX_PENDING`] unbound streams and [`MAX_PROCESSES`] processes; a malformed frame gets an
 //! `Error` reply and the connection goes on unless the framing itself broke.
 
@@ -35,6 +37,14 @@ struct Proc {
     pid: i32,
     /// Our duplicate of the process's stdin stream, for `CloseStdin`.
     stdin: Option<OwnedFd>,
+    /// The master of its terminal, for `Resize`.
+    master: Option<OwnedFd>,
+}
+
+/// The host's streams of a process that runs on a terminal: the pump's ends.
+struct TtyStreams {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -161,10 +171,24 @@ impl Agent {
         }
     }
 
-    /// Takes the streams attached for `id`; missing ones are /dev/null. Returns them and our stdin duplicate.
-    fn take_stdio(inner: &mut Inner, id: u32) -> (Stdio, Option<OwnedFd>) {
+    /// Takes the streams attached for `id`; missing ones are /dev/null. Returns them and our stdin duplicate; with
+    /// `tty` the process gets none of them (its stdio is the terminal) and they come back as the pump's ends
+    /// instead, a stderr stream closed at once (its output arrives merged on stdout).
+    fn take_stdio(
+        inner: &mut Inner,
+        id: u32,
+        tty: bool,
+    ) -> (Stdio, Option<OwnedFd>, Option<TtyStreams>) {
         let stdin = inner.pending.remove(&(id, StreamKind::Stdin));
         let dup = stdin.as_ref().and_then(|fd| fd.try_clone().ok());
+        if tty {
+            inner.pending.remove(&(id, StreamKind::Stderr));
+            let streams = TtyStreams {
+                stdin,
+                stdout: inner.pending.remove(&(id, StreamKind::Stdout)),
+            };
+            return (Stdio::default(), dup, Some(streams));
+        }
         let stdio = Stdio {
             stdin: stdin.or_else(|| dev_null(false)),
             stdout: inner
@@ -176,7 +200,16 @@ impl Agent {
                 .remove(&(id, StreamKind::Stderr))
                 .or_else(|| dev_null(true)),
         };
-        (stdio, dup)
+        (stdio, dup, None)
+    }
+
+    /// Starts the copying for a process that runs on a terminal.
+    fn start_pump(id: u32, master: Option<&OwnedFd>, streams: Option<TtyStreams>) {
+        if let (Some(m), Some(t)) = (master, streams) {
+            if let Err(e) = crate::tty::pump(m, t.stdin, t.stdout) {
+                tracing::error!("failed to start the terminal copy of process {id}: {e}");
+            }
+        }
     }
 
     /// Handles one request.
@@ -185,10 +218,7 @@ impl Agent {
             Request::CreateAndStart(w) => self.create_and_start(*w),
             Request::Exec(e) => self.exec(e.id, &e.process),
             Request::Signal(s) => self.signal(s.id, s.signal),
-            Request::Resize(r) => error(format!(
-                "failed to resize process {}: it has no terminal",
-                r.id
-            )),
+            Request::Resize(r) => self.resize(r.id, r.rows, r.cols),
             Request::CloseStdin(p) => self.close_stdin(p.id),
             Request::Wait(p) => self.wait(p.id),
             Request::Shutdown => {
@@ -225,18 +255,20 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return error(chain(&e)),
         };
-        let (stdio, stdin) = Self::take_stdio(&mut inner, WORKLOAD);
+        let (stdio, stdin, tty) = Self::take_stdio(&mut inner, WORKLOAD, w.process.tty);
         let network = w.network.as_ref();
         match self
             .runtime
             .create_and_start(&c.container_id, &oci, stdio, |pid| net::setup(pid, network))
         {
             Ok(running) => {
+                Self::start_pump(WORKLOAD, running.master.as_ref(), tty);
                 inner.procs.insert(
                     WORKLOAD,
                     Proc {
                         pid: running.pid,
                         stdin,
+                        master: running.master,
                     },
                 );
                 inner.container = Some(running.container);
@@ -277,13 +309,14 @@ impl Agent {
             Ok(p) => p,
             Err(e) => return error(chain(&e)),
         };
-        let (stdio, stdin) = Self::take_stdio(&mut inner, id);
+        let (stdio, stdin, tty) = Self::take_stdio(&mut inner, id, p.tty);
         match self
             .runtime
             .exec(&self.config.container_id, id, &process, stdio)
         {
-            Ok(pid) => {
-                inner.procs.insert(id, Proc { pid, stdin });
+            Ok((pid, master)) => {
+                Self::start_pump(id, master.as_ref(), tty);
+                inner.procs.insert(id, Proc { pid, stdin, master });
                 Reply::Started(Started { id, pid })
             }
             Err(e) => error(chain(&e)),
@@ -317,6 +350,20 @@ impl Agent {
         }
     }
 
+    fn resize(&self, id: u32, rows: u16, cols: u16) -> Reply {
+        let inner = self.lock();
+        let Some(p) = inner.procs.get(&id) else {
+            return error(format!("failed to resize process {id}: no such process"));
+        };
+        let Some(master) = p.master.as_ref() else {
+            return error(format!("failed to resize process {id}: it has no terminal"));
+        };
+        match crate::tty::set_window(master, agent_protocol::WindowSize { rows, cols }) {
+            Ok(()) => Reply::Ok,
+            Err(e) => error(chain(&e)),
+        }
+    }
+
     fn close_stdin(&self, id: u32) -> Reply {
         let mut inner = self.lock();
         let Some(p) = inner.procs.get_mut(&id) else {
@@ -326,7 +373,7 @@ impl Agent {
         };
         if let Some(fd) = p.stdin.take() {
             // The process holds the same socket as its fd 0: shutting down the read side makes its reads return
-            // EOF, which closing our duplicate alone would not.
+            // EOF, which closing our duplicate alone would not. With a terminal the pump reads it and types EOF.
             // SAFETY: shutdown(2) on a descriptor we own.
             unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
         }

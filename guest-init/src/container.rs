@@ -58,6 +58,9 @@ pub enum Error {
     /// Serializing the spec failed.
     #[error("failed to write the OCI spec")]
     Spec(#[from] oci_spec::OciSpecError),
+    /// The process's terminal could not be set up.
+    #[error("failed to give the process a terminal")]
+    Tty(#[from] crate::tty::Error),
 }
 
 /// Result of this module.
@@ -249,12 +252,34 @@ impl Executor for DockerExecutor {
             .as_ref()
             .and_then(|p| p.args().clone())
             .unwrap_or_default();
+        if let Some(p) = spec
+            .process()
+            .as_ref()
+            .filter(|p| p.terminal() == Some(true))
+        {
+            apply_console_size(p);
+        }
         exec_or_exit(&args)
     }
 
     fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
         // Lookup happens in exec, where a failure becomes an exit code rather than a start error.
         Ok(())
+    }
+}
+
+/// Sizes the terminal (our stdio, the pty slave) from the spec's `consoleSize` before the command runs: set here,
+/// inside the container process, the size is in place before the workload's first instruction, for `exec`s too
+/// (libcontainer does not apply `consoleSize`).
+fn apply_console_size(p: &Process) {
+    if let Some(b) = p.console_size() {
+        let size = agent_protocol::WindowSize {
+            rows: u16::try_from(b.height()).unwrap_or(u16::MAX),
+            cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
+        };
+        if let Err(e) = crate::tty::set_window(&std::io::stdin(), size) {
+            eprintln!("guest-init: {e}");
+        }
     }
 }
 
@@ -345,6 +370,13 @@ pub struct Running {
     pub container: Container,
     /// The workload's pid.
     pub pid: i32,
+    /// The master of the workload's terminal, when its spec asks for one.
+    pub master: Option<OwnedFd>,
+}
+
+/// Whether `spec`'s process asks for a terminal.
+fn wants_terminal(process: Option<&Process>) -> bool {
+    process.and_then(|p| p.terminal()) == Some(true)
 }
 
 impl Runtime {
@@ -368,11 +400,15 @@ impl Runtime {
         fs::create_dir_all(&bundle).map_err(io(&bundle))?;
         fs::create_dir_all(&self.state_root).map_err(io(&self.state_root))?;
         spec.save(bundle.join("config.json"))?;
+        let console = wants_terminal(spec.process().as_ref())
+            .then(|| crate::tty::ConsoleSocket::bind(&bundle.join("console.sock")))
+            .transpose()?;
         let guard = self.reaper.hold();
         let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_executor(DockerExecutor)
             .with_root_path(&self.state_root)
-            .map_err(Self::lc("configure"))?;
+            .map_err(Self::lc("configure"))?
+            .with_console_socket(console.as_ref().map(|c| c.path()));
         let mut container = with_stdio(builder, stdio)
             .as_init(&bundle)
             .with_systemd(false)
@@ -381,19 +417,36 @@ impl Runtime {
             .map_err(Self::lc("create"))?;
         let pid = container.pid().ok_or(Error::NoPid)?.as_raw();
         self.reaper.watch(pid);
-        let started = prepare(pid)
+        // The container process sent the master before it reported ready, so it is waiting in the socket.
+        let mut master = None;
+        let started = console
+            .as_ref()
+            .map(|c| c.receive_master().map(|m| master = Some(m)))
+            .transpose()
             .map_err(Error::from)
+            .and_then(|_| prepare(pid).map_err(Error::from))
             .and_then(|()| container.start().map_err(Self::lc("start")));
         drop(guard);
         if let Err(e) = started {
             self.remove(&mut container);
             return Err(e);
         }
-        Ok(Running { container, pid })
+        Ok(Running {
+            container,
+            pid,
+            master,
+        })
     }
 
-    /// Starts `process` inside the running container `id`; returns its pid.
-    pub fn exec(&self, id: &str, exec_id: u32, process: &Process, stdio: Stdio) -> Result<i32> {
+    /// Starts `process` inside the running container `id`; returns its pid and, when it asks for a terminal, the
+    /// terminal's master.
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: u32,
+        process: &Process,
+        stdio: Stdio,
+    ) -> Result<(i32, Option<OwnedFd>)> {
         let path = self
             .bundle_root
             .join(id)
@@ -406,11 +459,21 @@ impl Runtime {
             path: path.clone(),
             source,
         })?;
+        let console = wants_terminal(Some(process))
+            .then(|| {
+                let sock = self
+                    .bundle_root
+                    .join(id)
+                    .join(format!("console-{exec_id}.sock"));
+                crate::tty::ConsoleSocket::bind(&sock)
+            })
+            .transpose()?;
         let guard = self.reaper.hold();
         let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_executor(DockerExecutor)
             .with_root_path(&self.state_root)
-            .map_err(Self::lc("configure"))?;
+            .map_err(Self::lc("configure"))?
+            .with_console_socket(console.as_ref().map(|c| c.path()));
         let pid = with_stdio(builder, stdio)
             .as_tenant()
             .with_process(Some(&path))
@@ -419,7 +482,15 @@ impl Runtime {
             .map_err(Self::lc("exec in"))?;
         self.reaper.watch(pid.as_raw());
         drop(guard);
-        Ok(pid.as_raw())
+        let master = match console.as_ref().map(|c| c.receive_master()).transpose() {
+            Ok(m) => m,
+            Err(e) => {
+                // The process runs without a terminal we can reach: end it rather than leave it stranded.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(e.into());
+            }
+        };
+        Ok((pid.as_raw(), master))
     }
 
     /// Kills what is left and deletes the container's state and cgroup; errors are logged, never returned, so

@@ -12,4 +12,5 @@ pub mod net;
 pub mod pid1;
 pub mod seccomp;
 pub mod spec;
+pub mod tty;
 pub mod user;

@@ -114,6 +114,7 @@ fn workload(a: RunArgs) -> Result<(PathBuf, WorkloadSpec)> {
             cwd: a.workdir,
             user: a.user,
             stdin: true,
+            ..Default::default()
         },
         hostname: a.hostname,
         cap_add: a.cap_add,

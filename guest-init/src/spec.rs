@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use agent_protocol::{ProcessSpec, SeccompPolicy, WorkloadSpec};
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    BoxBuilder, Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
     MountBuilder, Process, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
@@ -245,6 +245,10 @@ pub fn process(
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.into());
     }
+    // Docker sets TERM for a terminal when the image and user did not.
+    if p.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!(
             "HOME={}",
@@ -263,8 +267,17 @@ pub fn process(
     if !id.groups.is_empty() {
         user = user.additional_gids(id.groups);
     }
-    Ok(ProcessBuilder::default()
-        .terminal(false)
+    let mut builder = ProcessBuilder::default();
+    if let Some(w) = p.window.filter(|_| p.tty) {
+        builder = builder.console_size(
+            BoxBuilder::default()
+                .height(u64::from(w.rows))
+                .width(u64::from(w.cols))
+                .build()?,
+        );
+    }
+    Ok(builder
+        .terminal(p.tty)
         .args(p.args.clone())
         .env(env)
         .cwd(cwd)
@@ -434,5 +447,36 @@ mod tests {
         assert!(process(&p, root.path(), &[], true).is_err());
         let p = ProcessSpec::default();
         assert!(process(&p, root.path(), &[], true).is_err());
+    }
+
+    #[test]
+    fn a_terminal_gets_its_size_and_term() {
+        let root = tempfile::tempdir().unwrap();
+        let mut p = ProcessSpec {
+            args: s(&["sh"]),
+            tty: true,
+            window: Some(agent_protocol::WindowSize { rows: 24, cols: 80 }),
+            ..Default::default()
+        };
+        let oci = process(&p, root.path(), &[], true).unwrap();
+        assert_eq!(oci.terminal(), Some(true));
+        let b = oci.console_size().unwrap();
+        assert_eq!((b.height(), b.width()), (24, 80));
+        assert!(oci
+            .env()
+            .as_ref()
+            .unwrap()
+            .contains(&"TERM=xterm".to_string()));
+        p.env = s(&["TERM=vt100"]);
+        let oci = process(&p, root.path(), &[], true).unwrap();
+        assert!(!oci
+            .env()
+            .as_ref()
+            .unwrap()
+            .contains(&"TERM=xterm".to_string()));
+        p.tty = false;
+        let oci = process(&p, root.path(), &[], true).unwrap();
+        assert_eq!(oci.terminal(), Some(false));
+        assert!(oci.console_size().is_none(), "no terminal, no size");
     }
 }

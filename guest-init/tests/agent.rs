@@ -298,3 +298,116 @@ fn malformed_frames_get_errors_and_the_agent_goes_on() {
         Err(ClientError::Refused(_))
     ));
 }
+
+/// Reads `s` until the text so far contains `needle` (or EOF / 20 s pass); returns everything read.
+fn read_until(s: &mut UnixStream, seen: &mut String, needle: &str) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    true
+}
+
+fn on_terminal(args: &[&str], rows: u16, cols: u16) -> ProcessSpec {
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdin: true,
+        tty: true,
+        window: Some(agent_protocol::WindowSize { rows, cols }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn workload_and_exec_on_a_terminal() {
+    if common::skip("workload_and_exec_on_a_terminal") {
+        return;
+    }
+    let f = fixture();
+    let mut stdin = f.stream(WORKLOAD, StreamKind::Stdin);
+    let mut stdout = f.stream(WORKLOAD, StreamKind::Stdout);
+    let stderr = f.stream(WORKLOAD, StreamKind::Stderr);
+    let (mut c, _t) = f.control();
+    let w = WorkloadSpec {
+        process: on_terminal(
+            &[
+                "sh",
+                "-c",
+                "tty; stty size; echo $TERM; echo to-stderr >&2; read x; echo got:$x; read y; stty size; exit 3",
+            ],
+            24,
+            80,
+        ),
+        ..Default::default()
+    };
+    c.create_and_start(&w).unwrap();
+    assert_eq!(read_all(stderr), "", "stderr merges into the terminal");
+    let mut seen = String::new();
+    assert!(
+        read_until(&mut stdout, &mut seen, "to-stderr\r\n"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen, "/dev/pts/0\r\n24 80\r\nxterm\r\nto-stderr\r\n",
+        "a terminal of the container's own devpts, sized before the workload ran, TERM set, output merged"
+    );
+    stdin.write_all(b"hello\n").unwrap();
+    seen.clear();
+    assert!(
+        read_until(&mut stdout, &mut seen, "got:hello\r\n"),
+        "{seen:?}"
+    );
+    assert_eq!(seen, "hello\r\ngot:hello\r\n", "the terminal echoes input");
+
+    // An exec gets its own terminal and size.
+    let mut exec_out = f.stream(1, StreamKind::Stdout);
+    c.exec(
+        1,
+        &on_terminal(&["sh", "-c", "tty; stty size; exit 5"], 40, 120),
+    )
+    .unwrap();
+    let mut exec_seen = String::new();
+    read_until(&mut exec_out, &mut exec_seen, "never");
+    assert_eq!(exec_seen, "/dev/pts/1\r\n40 120\r\n");
+    assert_eq!(c.wait(1).unwrap().code, 5);
+
+    // Resize reaches the workload's terminal.
+    c.resize(WORKLOAD, 50, 150).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    seen.clear();
+    read_until(&mut stdout, &mut seen, "never");
+    assert_eq!(
+        seen, "\r\n50 150\r\n",
+        "EOF on stdout once the workload is gone"
+    );
+    assert_eq!(c.wait(WORKLOAD).unwrap().code, 3);
+    assert!(
+        matches!(c.resize(9, 1, 1), Err(ClientError::Refused(_))),
+        "no such process"
+    );
+}
+
+#[test]
+fn closing_a_terminal_stdin_types_end_of_file() {
+    if common::skip("closing_a_terminal_stdin_types_end_of_file") {
+        return;
+    }
+    let f = fixture();
+    let stdin = f.stream(WORKLOAD, StreamKind::Stdin);
+    let stdout = f.stream(WORKLOAD, StreamKind::Stdout);
+    let (mut c, _t) = f.control();
+    let w = WorkloadSpec {
+        process: on_terminal(&["sh", "-c", "cat; echo cat-ended"], 0, 0),
+        ..Default::default()
+    };
+    c.create_and_start(&w).unwrap();
+    (&stdin).write_all(b"abc\n").unwrap();
+    stdin.shutdown(Shutdown::Write).unwrap();
+    let out = read_all(stdout);
+    assert!(out.ends_with("cat-ended\r\n"), "{out:?}");
+    assert_eq!(c.wait(WORKLOAD).unwrap().code, 0);
+}
