@@ -386,6 +386,10 @@ impl Agent {
             Err(r) => return r,
         };
         let (code, signal) = exit_code(self.runtime.reaper.wait(pid));
+        if let Some(p) = self.lock().procs.get_mut(&id) {
+            // Nothing left to resize: let the pty go once the pump is done with it too.
+            p.master = None;
+        }
         if id == WORKLOAD {
             self.lock().exit_delivered.get_or_insert_with(Instant::now);
             self.changed.notify_all();

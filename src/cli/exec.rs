@@ -10,7 +10,7 @@ pub struct ExecArgs {
     /// Keep stdin open and forward it.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal (not supported yet: refused).
+    /// Allocate a terminal for the process.
     #[arg(short, long)]
     pub tty: bool,
     /// Environment variable KEY=VALUE.
@@ -31,9 +31,13 @@ pub struct ExecArgs {
 
 /// Runs `mvrun exec`.
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    if args.tty {
-        anyhow::bail!("mvrun exec -t is not supported yet");
-    }
+    use mvrun::sandbox::terminal;
+    terminal::check_input(
+        args.interactive,
+        args.tty,
+        terminal::is_terminal(libc::STDIN_FILENO),
+    )
+    .map_err(anyhow::Error::msg)?;
     let states = StateDir::open(mvrun::paths::run_root())?;
     let (dir, _) = states.find(&args.sandbox)?;
     let process = agent_protocol::ProcessSpec {
@@ -42,6 +46,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         cwd: args.workdir,
         user: args.user,
         stdin: args.interactive,
+        tty: args.tty,
+        window: None,
+    };
+    // Raw mode (restored when this returns, on every path) only when our keys go to the process's terminal.
+    let _raw = if args.tty && args.interactive {
+        terminal::RawMode::enter()
+    } else {
+        None
     };
     let code = control::exec(&dir, process)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(125)))

@@ -213,6 +213,14 @@ pub fn to_options(a: RunFlags, image: String, command: Vec<String>) -> anyhow::R
 /// Runs `mvrun run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = to_options(args.flags, args.image, args.command)?;
+    if !options.detach {
+        mvrun::sandbox::terminal::check_input(
+            options.interactive,
+            options.tty,
+            mvrun::sandbox::terminal::is_terminal(libc::STDIN_FILENO),
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
     let code = mvrun::sandbox::run(options)?;
     Ok(ExitCode::from(code))
 }

@@ -52,8 +52,10 @@ pub fn client(dir: &SandboxDir) -> Result<Client<UnixStream>, Error> {
     Ok(Client::new(connect(dir, &name, CONTROL_PORT)?))
 }
 
-/// Runs `process` in the sandbox's container with our stdio, and returns its exit code.
-pub fn exec(dir: &SandboxDir, process: ProcessSpec) -> Result<i32, Error> {
+/// Runs `process` in the sandbox's container with our stdio, and returns its exit code. With `process.tty` it runs
+/// on a terminal of its own in the guest, sized like ours and resized on our SIGWINCH (the caller puts our
+/// terminal in raw mode when it forwards stdin), its output merged on our stdout.
+pub fn exec(dir: &SandboxDir, mut process: ProcessSpec) -> Result<i32, Error> {
     let name = running(dir)?;
     let mut control = Client::new(connect(dir, &name, CONTROL_PORT)?);
     // Exec ids only need to be unique within the sandbox: random ones avoid coordination between mvrun processes.
@@ -64,15 +66,30 @@ pub fn exec(dir: &SandboxDir, process: ProcessSpec) -> Result<i32, Error> {
         Ok(s)
     };
     let stdout = attach(StreamKind::Stdout)?;
-    let stderr = attach(StreamKind::Stderr)?;
+    let stderr = if process.tty {
+        None
+    } else {
+        Some(attach(StreamKind::Stderr)?)
+    };
     let stdin = if process.stdin {
         Some(attach(StreamKind::Stdin)?)
     } else {
         None
     };
+    if process.tty {
+        process.window = super::terminal::window_size();
+        // Resizes go on a control connection of their own: this one blocks in `wait`.
+        let resizer = std::sync::Mutex::new(Client::new(connect(dir, &name, CONTROL_PORT)?));
+        super::terminal::watch_window(move |size| {
+            let mut c = resizer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = c.resize(id, size.rows, size.cols) {
+                tracing::warn!("failed to resize the exec's terminal: {e}");
+            }
+        });
+    }
     control.exec(id, &process)?;
     let out = std::thread::spawn(move || copy_out(stdout, std::io::stdout()));
-    let err = std::thread::spawn(move || copy_out(stderr, std::io::stderr()));
+    let err = stderr.map(|s| std::thread::spawn(move || copy_out(s, std::io::stderr())));
     if let Some(mut s) = stdin {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut s);
@@ -81,7 +98,9 @@ pub fn exec(dir: &SandboxDir, process: ProcessSpec) -> Result<i32, Error> {
     }
     let exited = control.wait(id)?;
     let _ = out.join();
-    let _ = err.join();
+    if let Some(err) = err {
+        let _ = err.join();
+    }
     Ok(exited.code)
 }
 

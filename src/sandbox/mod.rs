@@ -214,7 +214,9 @@ fn start_vmm(dir: &state::SandboxDir, id: &str, options: &RunOptions) -> Result<
             Ok(())
         });
     }
-    let _raw = if options.tty {
+    // Raw mode only when our keys go to the workload's terminal (-i -t), as Docker: with -t alone the host
+    // terminal keeps its own line discipline and Ctrl-C stays a signal to us, which we forward.
+    let _raw = if options.tty && options.interactive {
         terminal::RawMode::enter()
     } else {
         None

@@ -4,6 +4,7 @@
 
 use super::launch_spec::{LaunchSpec, StdioMode};
 use super::state::{self, SandboxDir, Status};
+use super::terminal;
 use agent_protocol::{hybrid, Client, StreamKind, CONTROL_PORT, WORKLOAD};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -235,13 +236,23 @@ fn session(
 
     let create = Instant::now();
     let stdout = attach(dir, StreamKind::Stdout)?;
-    let stderr = attach(dir, StreamKind::Stderr)?;
+    // With a terminal, stderr merges into stdout in the guest, as with Docker's -t.
+    let stderr = if spec.tty {
+        None
+    } else {
+        Some(attach(dir, StreamKind::Stderr)?)
+    };
     let stdin = if spec.workload.process.stdin {
         Some(attach(dir, StreamKind::Stdin)?)
     } else {
         None
     };
-    control.create_and_start(&spec.workload)?;
+    let mut workload = spec.workload.clone();
+    if spec.tty {
+        workload.process.tty = true;
+        workload.process.window = terminal::window_size();
+    }
+    control.create_and_start(&workload)?;
     phases.push(("container create".into(), create.elapsed()));
 
     let run = Instant::now();
@@ -252,7 +263,8 @@ fn session(
             Box::new(open_log(&dir.path().join("stderr.log"))?),
         ),
     };
-    let pumps = [pump(stdout, out_sink), pump(stderr, err_sink)];
+    let mut pumps = vec![pump(stdout, out_sink)];
+    pumps.extend(stderr.map(|s| pump(s, err_sink)));
     if let Some(s) = stdin {
         std::thread::spawn(move || forward_stdin(s));
     }
@@ -343,10 +355,8 @@ fn block_signals() -> libc::sigset_t {
 
 fn spawn_signal_forwarder(dir: SandboxDir, set: libc::sigset_t, tty: bool) {
     std::thread::spawn(move || {
+        // The size at the start travels in the spec; from here on SIGWINCH brings each change.
         let mut client: Option<Client<UnixStream>> = None;
-        if tty {
-            send_window_size(&dir, &mut client);
-        }
         loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: waits on a valid, initialized signal set; `sig` is a valid out pointer.
@@ -373,21 +383,17 @@ fn spawn_signal_forwarder(dir: SandboxDir, set: libc::sigset_t, tty: bool) {
 }
 
 fn send_window_size(dir: &SandboxDir, client: &mut Option<Client<UnixStream>>) {
-    let mut ws: libc::winsize = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass.
-    if unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) } != 0 {
+    let Some(ws) = terminal::window_size() else {
         return;
-    }
+    };
     if client.is_none() {
         *client = connect_control(dir).ok();
     }
     if let Some(c) = client.as_mut() {
-        let _ = c.resize(WORKLOAD, ws.ws_row, ws.ws_col);
+        if let Err(e) = c.resize(WORKLOAD, ws.rows, ws.cols) {
+            tracing::warn!("failed to resize the workload's terminal: {e}");
+            *client = None;
+        }
     }
 }
 

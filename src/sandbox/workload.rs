@@ -101,6 +101,9 @@ pub fn workload_spec(o: &RunOptions, image: &ImageDefaults) -> Result<WorkloadSp
                 .clone()
                 .or_else(|| image.user.clone().filter(|u| !u.is_empty())),
             stdin: o.interactive,
+            tty: o.tty,
+            // The supervisor measures the terminal it inherits just before the start.
+            window: None,
         },
         hostname: o.hostname.clone(),
         cap_add: o.cap_add.clone(),
@@ -163,8 +166,10 @@ mod tests {
         o.workdir = Some("/tmp".into());
         o.memory_mib = Some(64);
         o.interactive = true;
+        o.tty = true;
         o.seccomp = Seccomp::Unconfined;
         let s = workload_spec(&o, &image()).unwrap();
+        assert!(s.process.tty, "-t asks guest-init for a terminal");
         assert_eq!(s.process.cwd.as_deref(), Some("/tmp"));
         assert_eq!(s.process.user.as_deref(), Some("app"));
         assert_eq!(s.memory_bytes, Some(64 << 20));
