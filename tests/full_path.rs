@@ -428,7 +428,7 @@ fn guest_terminal_run_and_exec() {
     );
     // Raw mode here, the guest's terminal echoes and turns Enter (CR) into a newline.
     term.write(b"hello\r");
-    term.expect("got:hello\r\n", Duration::from_secs(60));
+    term.expect("got:hello\r\n", Duration::from_secs(120));
     assert!(
         term.text().contains("hello\r\ngot:hello\r\n"),
         "{:?}",
@@ -445,14 +445,14 @@ fn guest_terminal_run_and_exec() {
         "-c",
         "tty; stty size; read z; echo exec:$z; exit 5",
     ]);
-    term2.expect("40 120\r\n", Duration::from_secs(120));
+    term2.expect("40 120\r\n", Duration::from_secs(300));
     assert!(
         term2.text().contains("/dev/pts/1\r\n"),
         "{:?}",
         term2.text()
     );
     term2.write(b"abc\r");
-    term2.expect("exec:abc\r\n", Duration::from_secs(60));
+    term2.expect("exec:abc\r\n", Duration::from_secs(120));
     assert_eq!(exec_cli.wait(Duration::from_secs(60)), Some(5));
 
     // -t without a terminal on our side: still a pty in the guest, of size 0x0, output with its CRLFs.
@@ -475,7 +475,7 @@ fn guest_terminal_run_and_exec() {
     // A resize of our terminal (SIGWINCH to the CLI's process group) reaches the workload's terminal. It travels
     // on the control connection and our keys on the stdin stream, so ask again until the new size shows.
     term.resize(50, 150);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !term.text().contains("50 150\r\n") {
         assert!(
             Instant::now() < deadline,
