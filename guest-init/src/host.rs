@@ -91,7 +91,53 @@ fn run_in(
     let network = workload.network.as_ref();
     let mut running =
         runtime.create_and_start(id, &oci, Stdio::default(), |pid| net::setup(pid, network))?;
+    // With -t our own stdio plays the host's streams; our terminal (if stdin is one) goes raw so that keys reach
+    // the container's terminal untouched, and comes back however the run ends.
+    let mut output = None;
+    let mut raw = None;
+    if let Some(master) = running.master.as_ref() {
+        raw = RawStdin::enter();
+        match crate::tty::pump(master, dup_std(0), dup_std(1)) {
+            Ok(t) => output = Some(t),
+            Err(e) => tracing::warn!("failed to copy the terminal: {e}"),
+        }
+    }
     let status = Arc::clone(&runtime.reaper).wait(running.pid);
+    if let Some(t) = output {
+        let _ = t.join();
+    }
+    drop(raw);
     runtime.remove(&mut running.container);
     Ok(exit_code(status).0)
+}
+
+/// A duplicate of our standard descriptor `fd`, or `None` if it is closed.
+fn dup_std(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: `fd` is 0 or 1, open for this process's life (or not at all: then the dup fails), borrowed only here.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().ok()
+}
+
+/// Our stdin's terminal in raw mode until dropped (host mode with `-t`).
+struct RawStdin(nix::sys::termios::Termios);
+
+impl RawStdin {
+    fn enter() -> Option<RawStdin> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let saved = tcgetattr(std::io::stdin()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawStdin(saved))
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
 }

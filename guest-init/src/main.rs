@@ -31,6 +31,9 @@ struct RunArgs {
     /// Root filesystem directory.
     #[arg(long, value_name = "DIR")]
     rootfs: PathBuf,
+    /// Run CMD on a pseudo-terminal (as the guest does for `mvrun run -t`), copied to and from ours.
+    #[arg(long, short = 't')]
+    tty: bool,
     /// Add a capability (NET_ADMIN, CAP_NET_ADMIN, ALL).
     #[arg(long = "cap-add", value_name = "CAP")]
     cap_add: Vec<String>,
@@ -114,7 +117,8 @@ fn workload(a: RunArgs) -> Result<(PathBuf, WorkloadSpec)> {
             cwd: a.workdir,
             user: a.user,
             stdin: true,
-            ..Default::default()
+            tty: a.tty,
+            window: a.tty.then(guest_init::tty::window_of_stdio).flatten(),
         },
         hostname: a.hostname,
         cap_add: a.cap_add,

@@ -160,6 +160,26 @@ pub fn set_window(fd: &impl AsRawFd, size: WindowSize) -> Result<()> {
     Ok(())
 }
 
+/// The size of the terminal on our stdout or stdin, if either is one (host mode: `guest-init run -t`).
+pub fn window_of_stdio() -> Option<WindowSize> {
+    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()]
+        .into_iter()
+        .find_map(|fd| {
+            let mut ws = libc::winsize {
+                ws_row: 0,
+                ws_col: 0,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass; it fails on a non-terminal.
+            let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+            (rc == 0).then_some(WindowSize {
+                rows: ws.ws_row,
+                cols: ws.ws_col,
+            })
+        })
+}
+
 /// The character that ends input on a terminal in canonical mode (Ctrl-D), written when the host closes stdin.
 const VEOF_CHAR: u8 = 0x04;
 
@@ -170,17 +190,19 @@ const VEOF_CHAR: u8 = 0x04;
 /// drained (and dropped) so the process never blocks on a full terminal. When the host closes stdin, the input
 /// side types the terminal's end-of-file character, as a person pressing Ctrl-D would: a program reading the
 /// terminal sees EOF, but the terminal itself stays (closing the master would hang the session up).
+///
+/// Returns the output thread, which ends after the last of the output has been written.
 pub fn pump(
     master: &OwnedFd,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
-) -> std::io::Result<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let out_master = File::from(master.try_clone()?);
     let in_master = match stdin {
         Some(s) => Some((File::from(s), File::from(master.try_clone()?))),
         None => None,
     };
-    std::thread::Builder::new()
+    let output = std::thread::Builder::new()
         .name("tty-out".into())
         .spawn(move || copy_output(out_master, stdout.map(File::from)))?;
     if let Some((from, to)) = in_master {
@@ -188,7 +210,7 @@ pub fn pump(
             .name("tty-in".into())
             .spawn(move || copy_input(from, to))?;
     }
-    Ok(())
+    Ok(output)
 }
 
 fn copy_output(mut master: File, mut out: Option<File>) {

@@ -303,3 +303,19 @@ fn network_device_moves_in_and_etc_files_appear() {
     assert!(r.stdout.contains("1400\n"), "{}", r.stdout);
     assert!(r.stdout.contains("nameserver 10.77.0.1"), "{}", r.stdout);
 }
+
+#[test]
+fn host_run_on_a_terminal() {
+    if skip("host_run_on_a_terminal") {
+        return;
+    }
+    let root = busybox_rootfs();
+    // Not a terminal on our side: still one in the container, output merged with its CRLFs.
+    let r = run(
+        root.path(),
+        &["-t", "--", "sh", "-c", "tty; echo err >&2; exit 4"],
+    );
+    assert_eq!(r.code, 4);
+    assert_eq!(r.stdout, "/dev/pts/0\r\nerr\r\n");
+    assert!(!r.stderr.contains("err"), "{}", r.stderr);
+}
