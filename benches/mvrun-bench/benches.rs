@@ -294,19 +294,12 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let n = ctx.iterations(5);
     let mut ours = Vec::new();
     for _ in 0..n {
-        let t = Instant::now();
-        let o = Command::new(&ctx.mvrun)
-            .args(["run", "--rm", "busybox", "/bin/true"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !o.status.success() {
-            return Err(format!(
-                "mvrun run failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        ours.push(ms(t.elapsed()));
+        ours.push(timed_success("mvrun run", || {
+            Command::new(&ctx.mvrun)
+                .args(["run", "--rm", "busybox", "/bin/true"])
+                .stdin(Stdio::null())
+                .output()
+        })?);
     }
     let mut out = vec![series(
         "cold-start",
@@ -363,6 +356,22 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
     Ok(out)
 }
 
+/// Milliseconds `run` took, or its stderr when it failed.
+fn timed_success(
+    what: &str,
+    run: impl FnOnce() -> std::io::Result<std::process::Output>,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    let o = run().map_err(|e| format!("{what}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(ms(t.elapsed()))
+}
+
 /// `ctr run --rm --rootfs` of the same rootfs with runc, and with mvrun's shim when it is built next to mvrun.
 fn ctr_peers(ctx: &Ctx, rootfs: &Path, n: usize) -> Result<Vec<Series>, String> {
     let bin_dir = ctx.mvrun.parent().unwrap_or(Path::new("/"));
@@ -380,26 +389,21 @@ fn ctr_peers(ctx: &Ctx, rootfs: &Path, n: usize) -> Result<Vec<Series>, String> 
         let mut times = Vec::new();
         for i in 0..n {
             let id = format!("mvrun-bench-{}-{i}", std::process::id());
-            let t = Instant::now();
-            let o = containerd
-                .ctr(&[
-                    "run",
-                    "--rm",
-                    "--runtime",
-                    runtime,
-                    "--rootfs",
-                    &rootfs,
-                    &id,
-                    "/bin/true",
-                ])
-                .map_err(|e| e.to_string())?;
-            if !o.status.success() {
-                return Err(format!(
-                    "ctr run --runtime {runtime} failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
-            }
-            times.push(ms(t.elapsed()));
+            times.push(timed_success(
+                &format!("ctr run --runtime {runtime}"),
+                || {
+                    containerd.ctr(&[
+                        "run",
+                        "--rm",
+                        "--runtime",
+                        runtime,
+                        "--rootfs",
+                        &rootfs,
+                        &id,
+                        "/bin/true",
+                    ])
+                },
+            )?);
         }
         out.push(series(
             "cold-start",
