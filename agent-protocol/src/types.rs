@@ -86,6 +86,29 @@ pub struct WindowSize {
     pub cols: u16,
 }
 
+impl WindowSize {
+    /// The size of the terminal on this process's stdout, else its stdin (Docker measures the output stream);
+    /// `None` when neither is a terminal. The host CLI and guest-init's host mode both ask this.
+    pub fn of_stdio() -> Option<Self> {
+        [libc::STDOUT_FILENO, libc::STDIN_FILENO]
+            .into_iter()
+            .find_map(|fd| {
+                let mut ws = libc::winsize {
+                    ws_row: 0,
+                    ws_col: 0,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass; it fails on a non-terminal.
+                let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+                (rc == 0).then_some(WindowSize {
+                    rows: ws.ws_row,
+                    cols: ws.ws_col,
+                })
+            })
+    }
+}
+
 /// The workload: everything `CreateAndStart` needs. Fields left out take the hardened defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

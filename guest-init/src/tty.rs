@@ -162,22 +162,7 @@ pub fn set_window(fd: &impl AsRawFd, size: WindowSize) -> Result<()> {
 
 /// The size of the terminal on our stdout or stdin, if either is one (host mode: `guest-init run -t`).
 pub fn window_of_stdio() -> Option<WindowSize> {
-    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()]
-        .into_iter()
-        .find_map(|fd| {
-            let mut ws = libc::winsize {
-                ws_row: 0,
-                ws_col: 0,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass; it fails on a non-terminal.
-            let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-            (rc == 0).then_some(WindowSize {
-                rows: ws.ws_row,
-                cols: ws.ws_col,
-            })
-        })
+    WindowSize::of_stdio()
 }
 
 /// The character that ends input on a terminal in canonical mode (Ctrl-D), written when the host closes stdin.

@@ -30,22 +30,7 @@ pub fn check_input(
 
 /// The size of the terminal on our stdout, else stdin (Docker measures its output stream); `None` without one.
 pub fn window_size() -> Option<WindowSize> {
-    [libc::STDOUT_FILENO, libc::STDIN_FILENO]
-        .into_iter()
-        .find_map(|fd| {
-            let mut ws = libc::winsize {
-                ws_row: 0,
-                ws_col: 0,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCGWINSZ writes a winsize into the valid struct we pass; it fails on a non-terminal.
-            let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-            (rc == 0).then_some(WindowSize {
-                rows: ws.ws_row,
-                cols: ws.ws_col,
-            })
-        })
+    WindowSize::of_stdio()
 }
 
 /// Calls `on_resize` with the new size on every SIGWINCH, from a thread of its own. Call it before starting other
