@@ -84,6 +84,10 @@ pub struct RunFlags {
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Give the container's writable layer its own disk: `size=SIZE` (e.g. size=1g; a sparse file in the sandbox's
+    /// runtime directory, removed with the sandbox). Without it the writable layer is a tmpfs in the microVM's RAM.
+    #[arg(long, value_name = "size=SIZE")]
+    pub storage_opt: Vec<String>,
     /// Add a Linux capability (or ALL).
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -195,6 +199,9 @@ pub fn to_options(a: RunFlags, image: String, command: Vec<String>) -> anyhow::R
     o.gateway = a.gateway;
     o.dns = a.dns;
     o.read_only = a.read_only;
+    for s in &a.storage_opt {
+        options::apply_storage_opt(&mut o, s)?;
+    }
     o.cap_add = a.cap_add;
     o.cap_drop = a.cap_drop;
     for s in &a.security_opt {
@@ -263,6 +270,8 @@ mod tests {
             "NET_RAW",
             "--security-opt",
             "seccomp=unconfined",
+            "--storage-opt",
+            "size=1g",
             "busybox",
             "sh",
             "-c",
@@ -277,6 +286,7 @@ mod tests {
         assert_eq!(o.image, "busybox");
         assert_eq!(o.command, vec!["sh", "-c", "exit 3"]);
         assert_eq!(o.cap_drop, vec!["NET_RAW"]);
+        assert_eq!(o.scratch_mib, Some(1024));
     }
 
     #[test]
@@ -310,6 +320,10 @@ mod tests {
             .to_string()
             .contains("tap"));
         assert!(parse(&["-d", "-i", "busybox"]).is_err());
+        assert!(parse(&["--storage-opt", "size=1", "busybox"])
+            .unwrap_err()
+            .to_string()
+            .contains("--storage-opt"));
     }
 
     #[test]

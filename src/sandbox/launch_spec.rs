@@ -33,6 +33,9 @@ pub struct LaunchSpec {
     pub vcpus: u8,
     /// Read-only rootfs image.
     pub rootfs: PathBuf,
+    /// Writable scratch disk for the container's writable layer (else a tmpfs in guest RAM).
+    #[serde(default)]
+    pub scratch: Option<PathBuf>,
     /// Tap device and the netns to open it in.
     pub tap: Option<(String, Option<PathBuf>)>,
     /// What guest-init runs.
@@ -53,13 +56,18 @@ pub struct LaunchSpec {
 /// lines land in the sandbox's console.log.
 pub const GUEST_LOG_ENV: &str = "MVRUN_GUEST_LOG";
 
-/// Guest-init's command-line words for a sandbox (read by guest-init: see guest-init/src).
-pub fn guest_cmdline(rootfs_fstype: &str) -> String {
+/// Guest-init's command-line words for a sandbox (read by guest-init: see guest-init/src/cmdline.rs). The rootfs
+/// is the first disk (/dev/vda), the scratch disk, when there is one, the second.
+pub fn guest_cmdline(rootfs_fstype: &str, scratch: bool) -> String {
     let mut words = vec![
         "quiet".to_string(),
         "mvrun.rootfs=/dev/vda".to_string(),
         format!("mvrun.rootfstype={rootfs_fstype}"),
     ];
+    if scratch {
+        words.push(format!("mvrun.scratch={}", super::scratch::GUEST_DEVICE));
+        words.push("mvrun.scratchtype=ext4".to_string());
+    }
     // One command-line word: a filter with spaces or quotes would split it, so it is dropped with a warning.
     if let Ok(filter) = std::env::var(GUEST_LOG_ENV) {
         if !filter.is_empty() && filter.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
@@ -70,4 +78,21 @@ pub fn guest_cmdline(rootfs_fstype: &str) -> String {
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     vmm::config::cmdline_with(vmm::DEFAULT_CMDLINE, &words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_disk_is_named_on_the_command_line_only_when_there_is_one() {
+        let plain = guest_cmdline("erofs", false);
+        assert!(plain.contains("mvrun.rootfs=/dev/vda mvrun.rootfstype=erofs"));
+        assert!(!plain.contains("mvrun.scratch"));
+        let with = guest_cmdline("ext4", true);
+        assert!(
+            with.contains("mvrun.scratch=/dev/vdb mvrun.scratchtype=ext4"),
+            "{with}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod control;
 pub mod initramfs;
 pub mod launch_spec;
 pub mod options;
+pub mod scratch;
 pub mod state;
 pub mod supervisor;
 pub mod terminal;
@@ -47,6 +48,9 @@ pub enum Error {
     /// Sandbox records failed.
     #[error(transparent)]
     State(#[from] state::Error),
+    /// The scratch disk could not be made.
+    #[error(transparent)]
+    Scratch(#[from] scratch::Error),
     /// The VMM process could not be started.
     #[error("failed to start {path}")]
     Spawn {
@@ -96,14 +100,52 @@ pub fn run(options: RunOptions) -> Result<u8, Error> {
         &workload.process.args,
         options.remove,
     )?;
-    let spec = LaunchSpec {
-        id: record.id.clone(),
+    let result = write_spec(
+        &dir,
+        &options,
+        record.id.clone(),
+        rootfs,
         kernel,
         initrd,
-        cmdline: launch_spec::guest_cmdline(rootfs_fstype(&rootfs)),
+        workload,
+        phases,
+    )
+    .and_then(|()| start_vmm(&dir, &record.id, &options));
+    if result.is_err() {
+        let _ = states.remove(&dir);
+    }
+    result
+}
+
+/// Makes the sandbox's scratch disk (if asked for) and writes its launch spec.
+#[allow(clippy::too_many_arguments)]
+fn write_spec(
+    dir: &state::SandboxDir,
+    options: &RunOptions,
+    id: String,
+    rootfs: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    workload: agent_protocol::WorkloadSpec,
+    cli_phases: Vec<(String, Duration)>,
+) -> Result<(), Error> {
+    let scratch = match options.scratch_mib {
+        Some(mib) => {
+            let path = dir.path().join(scratch::FILE_NAME);
+            scratch::create(&path, mib)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let spec = LaunchSpec {
+        id,
+        kernel,
+        cmdline: launch_spec::guest_cmdline(rootfs_fstype(&rootfs), scratch.is_some()),
+        initrd,
         mem_mib: options.guest_mem_mib(),
         vcpus: options.vcpus(),
         rootfs,
+        scratch,
         tap: match &options.network {
             Network::None => None,
             Network::Tap { name, netns } => Some((name.clone(), netns.clone())),
@@ -117,15 +159,10 @@ pub fn run(options: RunOptions) -> Result<u8, Error> {
         tty: options.tty,
         boot_timeout_secs: boot_timeout(),
         timings: options.timings,
-        cli_phases: phases,
+        cli_phases,
     };
     let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
-    state::write_atomic(&dir.spec_path(), &json)?;
-    let result = start_vmm(&dir, &record.id, &options);
-    if result.is_err() {
-        let _ = states.remove(&dir);
-    }
-    result
+    Ok(state::write_atomic(&dir.spec_path(), &json)?)
 }
 
 /// Time allowed for the guest to bring its agent up: emulated hosts run the guest instruction by instruction.

@@ -8,6 +8,10 @@ pub const DEFAULT_MEM_MIB: u64 = 256;
 /// The pids limit inside the guest when `--pids-limit` is not given (Docker has none; a fork bomb in a VM
 /// with a few hundred MiB would otherwise take the guest down before the workload's limit could).
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+/// The smallest scratch disk `--storage-opt size=` accepts, in MiB (ext4 needs room for its own metadata).
+pub const MIN_SCRATCH_MIB: u64 = 16;
+/// The largest scratch disk, in MiB (1 TiB): the file is sparse, but a typo should not promise a guest petabytes.
+pub const MAX_SCRATCH_MIB: u64 = 1 << 20;
 /// Guest RAM kept for the guest kernel and guest-init on top of the container's memory limit, in MiB.
 pub const GUEST_OVERHEAD_MIB: u64 = 64;
 
@@ -32,6 +36,9 @@ pub enum Error {
     /// A flag mvrun does not support yet.
     #[error("{0} is not supported by mvrun")]
     Unsupported(String),
+    /// A `--storage-opt` could not be read.
+    #[error("invalid --storage-opt {0:?}: supported is size=SIZE (e.g. size=1g), at least {min} MiB", min = MIN_SCRATCH_MIB)]
+    StorageOpt(String),
     /// Too little memory for a guest.
     #[error("--memory {0} MiB is too small: a microVM needs at least {min} MiB", min = GUEST_OVERHEAD_MIB)]
     MemoryTooSmall(u64),
@@ -105,6 +112,9 @@ pub struct RunOptions {
     pub dns: Vec<String>,
     /// Read-only root filesystem.
     pub read_only: bool,
+    /// Size of a scratch disk (MiB) for the container's writable layer; without one the layer is a tmpfs in guest
+    /// RAM.
+    pub scratch_mib: Option<u64>,
     /// Capabilities to add.
     pub cap_add: Vec<String>,
     /// Capabilities to drop.
@@ -146,6 +156,7 @@ impl RunOptions {
             gateway: None,
             dns: Vec::new(),
             read_only: false,
+            scratch_mib: None,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             seccomp: Seccomp::Default,
@@ -226,6 +237,19 @@ pub fn parse_network(s: &str) -> Result<Network, Error> {
         name: name.to_string(),
         netns,
     })
+}
+
+/// Parses one `--storage-opt` (Docker's `size=SIZE`: the container's writable layer gets a disk of that size)
+/// into `opts`.
+pub fn apply_storage_opt(opts: &mut RunOptions, s: &str) -> Result<(), Error> {
+    let err = || Error::StorageOpt(s.to_string());
+    let size = s.strip_prefix("size=").ok_or_else(err)?;
+    let mib = parse_size_mib(size).map_err(|_| err())?;
+    if !(MIN_SCRATCH_MIB..=MAX_SCRATCH_MIB).contains(&mib) {
+        return Err(err());
+    }
+    opts.scratch_mib = Some(mib);
+    Ok(())
 }
 
 /// Parses one `--security-opt` into `opts`.
@@ -347,6 +371,28 @@ mod tests {
             Err(Error::Unsupported(_))
         ));
         assert!(apply_security_opt(&mut o, "bogus").is_err());
+    }
+
+    #[test]
+    fn storage_opts() {
+        let mut o = RunOptions::new("busybox");
+        apply_storage_opt(&mut o, "size=1g").unwrap();
+        assert_eq!(o.scratch_mib, Some(1024));
+        apply_storage_opt(&mut o, "size=64M").unwrap();
+        assert_eq!(o.scratch_mib, Some(64));
+        for bad in [
+            "size=",
+            "size=1m",
+            "size=2000000g",
+            "size=lots",
+            "1g",
+            "dm.basesize=1g",
+        ] {
+            assert!(
+                matches!(apply_storage_opt(&mut o, bad), Err(Error::StorageOpt(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

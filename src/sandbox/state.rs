@@ -364,13 +364,17 @@ impl StateDir {
     }
 }
 
-/// Removes what only a live sandbox needs (sockets), keeping its record and logs for `ps -a` and `logs`.
+/// Removes what only a live sandbox needs (sockets, the scratch disk), keeping its record and logs for `ps -a`
+/// and `logs`.
 pub fn cleanup_runtime_files(dir: &SandboxDir) {
     if let Ok(entries) = fs::read_dir(dir.path()) {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".sock") || name.contains(".sock_") {
+            if name.ends_with(".sock")
+                || name.contains(".sock_")
+                || name == crate::sandbox::scratch::FILE_NAME
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -436,6 +440,7 @@ mod tests {
         let (_t, s) = state();
         let (dir, _) = s.create(Some("crashed"), "busybox", &[], false).unwrap();
         std::fs::write(dir.vsock_path(), b"").unwrap();
+        std::fs::write(dir.path().join(crate::sandbox::scratch::FILE_NAME), b"").unwrap();
         // A pid that exists but is not this sandbox's supervisor: our own.
         dir.update(|r| {
             r.status = Status::Running;
@@ -446,6 +451,10 @@ mod tests {
         assert_eq!(rec.status, Status::Exited);
         assert_eq!(rec.exit_code, Some(EXIT_UNKNOWN));
         assert!(!dir.vsock_path().exists(), "stale sockets are removed");
+        assert!(
+            !dir.path().join(crate::sandbox::scratch::FILE_NAME).exists(),
+            "a dead sandbox's scratch disk is removed"
+        );
     }
 
     #[test]

@@ -163,11 +163,18 @@ fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
         },
         mem_mib: spec.mem_mib,
         vcpus: spec.vcpus,
-        block: vec![vmm::config::BlockConfig {
+        // The rootfs first: the guest names disks in this order (vda, vdb), as the command line expects.
+        block: std::iter::once(vmm::config::BlockConfig {
             path: spec.rootfs.clone(),
             read_only: true,
             id: "rootfs".into(),
-        }],
+        })
+        .chain(spec.scratch.iter().map(|path| vmm::config::BlockConfig {
+            path: path.clone(),
+            read_only: false,
+            id: "scratch".into(),
+        }))
+        .collect(),
         vsock: Some(vmm::config::VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: dir.vsock_path(),
