@@ -77,14 +77,26 @@ fn run_dir() -> PathBuf {
 
 /// `elapsed_us=N` of guest-init's "rootfs mounted" line on the console, in ms.
 fn guest_mount_ms(console: &str) -> Option<f64> {
-    console
-        .lines()
-        .find(|l| l.contains("rootfs mounted"))?
+    strip_ansi(console.lines().find(|l| l.contains("rootfs mounted"))?)
         .split_whitespace()
         .find_map(|w| w.strip_prefix("elapsed_us="))?
         .parse::<f64>()
         .ok()
         .map(|us| us / 1000.0)
+}
+
+/// `line` without terminal colour sequences (ESC [ ... letter), which older guest-inits wrote to the console.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// erofs vs ext4 for the rootfs block image: the guest's mount time, and the first exec from the fresh rootfs
@@ -342,5 +354,7 @@ mod tests {
         let line = "2026-11-25T12:00:00Z  INFO guest_init::pid1: rootfs mounted fstype=\"erofs\" elapsed_us=1500";
         assert_eq!(guest_mount_ms(line), Some(1.5));
         assert_eq!(guest_mount_ms("nothing"), None);
+        let coloured = "\x1b[2m...\x1b[0m rootfs mounted \x1b[3melapsed_us\x1b[0m\x1b[2m=\x1b[0m2500";
+        assert_eq!(guest_mount_ms(coloured), Some(2.5));
     }
 }

@@ -317,8 +317,10 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
         .log
         .clone()
         .unwrap_or_else(|| "warn,libcgroups=error".into());
+    // The console is a serial line logged to a file on the host: plain text, no colour codes.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
     if let Err(e) = nix::unistd::sethostname("mvrun") {
