@@ -296,7 +296,12 @@ impl StateDir {
         let entries = fs::read_dir(&self.root).map_err(io("read", &self.root))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if !path.is_dir() {
+            // Sandboxes are named by their 32-hex-digit id; other entries (the shim's state, say) are not ours.
+            let is_id = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !is_id || !path.is_dir() {
                 continue;
             }
             let dir = SandboxDir { path };
@@ -461,6 +466,7 @@ mod tests {
     fn debris_without_a_record_is_ignored() {
         let (t, s) = state();
         std::fs::create_dir(t.path().join("run").join("half-made")).unwrap();
+        std::fs::create_dir(t.path().join("run").join("0123456789abcdef0123456789abcdef")).unwrap();
         assert!(s.list().unwrap().is_empty());
     }
 
