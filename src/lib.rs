@@ -7,3 +7,4 @@ pub mod check;
 pub mod kernel;
 pub mod paths;
 pub mod sandbox;
+pub mod shim;

@@ -14,6 +14,9 @@ pub enum StdioMode {
     Inherit,
     /// `stdout.log` / `stderr.log` in the sandbox directory: a detached sandbox.
     Log,
+    /// The front end drives the agent itself (the containerd shim, which creates, starts, execs and waits for
+    /// processes as containerd asks): the VMM process only runs the VM until the guest ends it.
+    External,
 }
 
 /// The launch spec.

@@ -81,16 +81,7 @@ pub fn run(options: RunOptions) -> Result<u8, Error> {
     let rootfs = store.rootfs_image(&image)?;
     phases.push(("rootfs ready".into(), t.elapsed()));
 
-    // `--kernel`, else `MVRUN_KERNEL`, else the store's build of the variant this host needs.
-    let kernel = match options
-        .kernel
-        .clone()
-        .or_else(|| std::env::var_os("MVRUN_KERNEL").map(PathBuf::from))
-    {
-        Some(k) => k,
-        None => kernel::ensure_built(Variant::for_this_host(), true)?.vmlinux,
-    };
-    let initrd = initramfs::ensure(&initramfs::find_guest_init()?)?;
+    let (kernel, initrd) = boot_files(options.kernel.clone())?;
     let workload = workload::workload_spec(&options, &image_defaults(&image))?;
 
     let states = state::StateDir::open(paths::run_root())?;
@@ -165,8 +156,19 @@ fn write_spec(
     Ok(state::write_atomic(&dir.spec_path(), &json)?)
 }
 
+/// The guest kernel and initramfs: `kernel` (`--kernel`), else `MVRUN_KERNEL`, else the store's build of the
+/// variant this host needs; the initramfs is made (once) from the guest-init binary found.
+pub fn boot_files(kernel: Option<PathBuf>) -> Result<(PathBuf, PathBuf), Error> {
+    let kernel = match kernel.or_else(|| std::env::var_os("MVRUN_KERNEL").map(PathBuf::from)) {
+        Some(k) => k,
+        None => kernel::ensure_built(Variant::for_this_host(), true)?.vmlinux,
+    };
+    let initrd = initramfs::ensure(&initramfs::find_guest_init()?)?;
+    Ok((kernel, initrd))
+}
+
 /// Time allowed for the guest to bring its agent up: emulated hosts run the guest instruction by instruction.
-fn boot_timeout() -> u64 {
+pub fn boot_timeout() -> u64 {
     match Variant::for_this_host() {
         Variant::Emulated => 600,
         Variant::Normal => 30,
@@ -183,7 +185,8 @@ fn rootfs_format() -> Result<images::RootfsFormat, Error> {
     }
 }
 
-fn rootfs_fstype(path: &Path) -> &'static str {
+/// The filesystem type of a rootfs block image, from its extension (`.ext4`, else erofs).
+pub fn rootfs_fstype(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {
         Some("ext4") => "ext4",
         _ => "erofs",

@@ -127,6 +127,20 @@ fn run(
         .map_err(|e| Error::Open("vmm thread".into(), e))?;
     phases.push(("VMM setup".into(), started.elapsed()));
 
+    if spec.stdio == StdioMode::External {
+        // Someone else talks to the agent; the VM runs until the guest resets or this process is killed.
+        return match vm_thread.join() {
+            Ok(o) if o.exit.is_clean() => Ok(0),
+            Ok(o) => Err(Error::GuestEnded {
+                exit: o.exit.to_string(),
+                console: console_tail(dir),
+            }),
+            Err(_) => Err(Error::GuestEnded {
+                exit: "the VMM thread panicked".into(),
+                console: console_tail(dir),
+            }),
+        };
+    }
     let session = session(dir, spec, &exit, signals, phases);
 
     // Whatever happened, end the guest: ask nicely, then stop the VM.
@@ -264,7 +278,10 @@ fn session(
 
     let run = Instant::now();
     let (out_sink, err_sink): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match spec.stdio {
-        StdioMode::Inherit => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+        // (External never gets here: `run` returns before the session.)
+        StdioMode::Inherit | StdioMode::External => {
+            (Box::new(std::io::stdout()), Box::new(std::io::stderr()))
+        }
         StdioMode::Log => (
             Box::new(open_log(&dir.path().join("stdout.log"))?),
             Box::new(open_log(&dir.path().join("stderr.log"))?),

@@ -1,0 +1,616 @@
+//! The containerd shim under a real containerd: Debian's containerd and runc, started by this harness with its own
+//! root, state and socket under a temporary directory; an image imported with `ctr images import`; every mvrun
+//! check next to the same command under runc, both printed side by side.
+//!
+//! Guest boots are slow on emulated hosts, so the tests keep to four boots (two of them at the same time) and make
+//! several checks per boot: one long-running task carries exec, ps, state and kill; a second task started while
+//! it runs shows two VMs at once. A test that cannot run prints `SKIP: reason` and returns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-mvrun-v2");
+const MVRUN_RUNTIME: &str = "io.containerd.mvrun.v2";
+const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const IMAGE: &str = "docker.io/mvrun/shim-test:latest";
+const NAMESPACE: &str = "mvrun-test";
+/// Long enough for an emulated guest boot.
+const BOOT_WAIT: Duration = Duration::from_secs(600);
+
+fn skip_reason() -> Option<String> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Some("/dev/kvm is missing or not usable".into());
+    }
+    for (bin, pkg) in [
+        ("/usr/bin/containerd", "containerd"),
+        ("/usr/bin/ctr", "containerd"),
+        ("/usr/sbin/runc", "runc"),
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/bin/mkfs.erofs", "erofs-utils"),
+    ] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{bin} is missing (install Debian's {pkg})"));
+        }
+    }
+    let installed = Path::new("/usr/local/lib/mvrun/guest-init").exists();
+    if std::env::var_os("MVRUN_GUEST_INIT").is_none() && !installed {
+        return Some("no static guest-init (set MVRUN_GUEST_INIT or run scripts/build.sh)".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("containerd needs root".into());
+    }
+    None
+}
+
+macro_rules! require {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+}
+
+/// A containerd of our own, stopped by pid (with every shim it started) when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        // A short path: shim and containerd sockets live under it.
+        let dir = tempfile::Builder::new()
+            .prefix("ctrd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  level = "debug"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        // The shim is found on PATH by its runtime name; mvrun-vmm sits next to it.
+        let bin_dir = Path::new(SHIM).parent().unwrap();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                c.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address")
+            .arg(self.sock())
+            .args(["-n", NAMESPACE])
+            .args(args);
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// `ctr run --rm` under `runtime`, with `input` on stdin (`-i`) when given; prints what happened.
+    fn run(&self, runtime: &str, id: &str, input: Option<&[u8]>, cmd: &[&str]) -> Output {
+        let mut args = vec!["run", "--rm", "--runtime", runtime];
+        if input.is_some() {
+            args.push("-i");
+        }
+        args.extend([IMAGE, id]);
+        args.extend(cmd);
+        let start = Instant::now();
+        let mut child = self
+            .ctr_cmd(&args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(data) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(data).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        report(
+            runtime,
+            &format!("ctr run {id} {cmd:?}"),
+            &out,
+            start.elapsed(),
+        );
+        out
+    }
+
+    /// The tasks `ctr task ls` shows: (id, pid, status).
+    fn tasks(&self) -> Vec<(String, u32, String)> {
+        let o = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, pid, _)) = self
+                .tasks()
+                .into_iter()
+                .find(|(t, _, s)| t == id && s == status)
+            {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never reached {status}: {:?}\n{}",
+                self.tasks(),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn import_image(&self) {
+        let tar = build_image_tar(self.dir.path());
+        let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for (id, _, _) in self.tasks() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = self.ctr(&["task", "delete", "-f", &id]);
+        }
+        for c in String::from_utf8_lossy(&self.ctr(&["containers", "ls", "-q"]).stdout).lines() {
+            let _ = self.ctr(&["containers", "rm", c]);
+        }
+        // SAFETY: kill(2) on the containerd this harness started.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims are daemons: end any this containerd started (their command line names its socket).
+        let sock = self.sock().display().to_string();
+        for pid in processes_mentioning(&sock) {
+            // SAFETY: kill(2) on a shim of this harness's containerd, found by its command line.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        for m in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(p) = m
+                .split_whitespace()
+                .nth(1)
+                .filter(|p| p.starts_with(&*self.dir.path().to_string_lossy()))
+            {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&c).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The VMM processes now running whose sandbox is under the shim's runtime directory.
+fn vmm_pids() -> Vec<i32> {
+    let mut out = Vec::new();
+    for pid in processes_mentioning("--sandbox") {
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            if exe.file_name().is_some_and(|n| n == "mvrun-vmm") {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains("/containerd/") {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn report(runtime: &str, what: &str, o: &Output, took: Duration) {
+    eprintln!(
+        "[{runtime:<22}] {what}: exit {:?} in {:.1}s\n    stdout: {:?}\n    stderr: {:?}",
+        o.status.code(),
+        took.as_secs_f64(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// An OCI image layout tar of a busybox rootfs, named `IMAGE` for `ctr images import`.
+fn build_image_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("image-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "ps", "hostname",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let layout = dir.join("image-layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer_path = dir.join("layer.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&layer_path)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let layer = std::fs::read(&layer_path).unwrap();
+    let put = |data: &[u8]| -> String {
+        let d = sha256(data);
+        std::fs::write(blobs.join(&d), data).unwrap();
+        d
+    };
+    let layer_digest = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
+    })
+    .to_string();
+    let config_digest = put(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
+    })
+    .to_string();
+    let manifest_digest = put(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
+                       "annotations": {"io.containerd.image.name": IMAGE,
+                                       "org.opencontainers.image.ref.name": "latest"}}]
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tar = dir.join("image.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Nothing of the shim is left: no VMM, no runtime directory of a task.
+fn assert_clean() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !vmm_pids().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(vmm_pids().is_empty(), "VMMs left: {:?}", vmm_pids());
+    let runtime = mvrun::paths::run_root().join("containerd");
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime directories left: {left:?}");
+}
+
+/// Two boots at once: one long-running task carries exec, ps, state and kill; a second task, run to its end while
+/// the first runs, shows two VMs side by side and `echo hi` with exit 0.
+#[test]
+fn guest_ctr_exec_kill_and_two_vms() {
+    require!();
+    let c = Containerd::start();
+    c.import_image();
+
+    // runc first: what the same commands do under the default runtime.
+    let runc_long = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNC_RUNTIME,
+            IMAGE,
+            "runc-long",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.wait_status("runc-long", "RUNNING", Duration::from_secs(60));
+    let runc_exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "runc-long",
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    report(RUNC_RUNTIME, "ctr task exec", &runc_exec, Duration::ZERO);
+    let runc_hi = c.run(RUNC_RUNTIME, "runc-short", None, &["echo", "hi"]);
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "runc-long"])
+        .status
+        .success());
+    let runc_long = runc_long.wait_with_output().unwrap();
+    report(
+        RUNC_RUNTIME,
+        "ctr run sleep 600, then task kill -s SIGKILL",
+        &runc_long,
+        Duration::ZERO,
+    );
+
+    let t = Instant::now();
+    let long = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            MVRUN_RUNTIME,
+            IMAGE,
+            "long",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long_pid = c.wait_status("long", "RUNNING", BOOT_WAIT);
+    eprintln!(
+        "[{MVRUN_RUNTIME:<22}] task long running after {:.1}s, pid {long_pid}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        vmm_pids().contains(&(long_pid as i32)),
+        "the task's pid is its VMM"
+    );
+
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long",
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    report(MVRUN_RUNTIME, "ctr task exec", &exec, Duration::ZERO);
+    assert_eq!(out(&exec), out(&runc_exec));
+    assert_eq!(exec.status.code(), runc_exec.status.code());
+    assert_eq!(exec.status.code(), Some(4));
+
+    let ps = c.ctr(&["task", "ps", "long"]);
+    eprintln!("[{MVRUN_RUNTIME:<22}] ctr task ps long:\n{}", out(&ps));
+    assert!(out(&ps).contains(&long_pid.to_string()));
+
+    // A second task while the first runs: its own VM.
+    let short = std::thread::scope(|s| {
+        let h = s.spawn(|| c.run(MVRUN_RUNTIME, "short", None, &["echo", "hi"]));
+        let deadline = Instant::now() + BOOT_WAIT;
+        let mut both = false;
+        while !h.is_finished() && Instant::now() < deadline {
+            let tasks = c.tasks();
+            if let (Some(a), Some(b)) = (
+                tasks.iter().find(|t| t.0 == "long"),
+                tasks.iter().find(|t| t.0 == "short"),
+            ) {
+                if a.1 != b.1
+                    && vmm_pids().contains(&(a.1 as i32))
+                    && vmm_pids().contains(&(b.1 as i32))
+                {
+                    both = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let o = h.join().unwrap();
+        assert!(both, "never saw two VMMs at once");
+        o
+    });
+    assert_eq!(out(&short), "hi\n");
+    assert_eq!(out(&short), out(&runc_hi));
+    assert_eq!(short.status.code(), Some(0));
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "long"])
+        .status
+        .success());
+    let long = long.wait_with_output().unwrap();
+    report(
+        MVRUN_RUNTIME,
+        "ctr run sleep 600, then task kill -s SIGKILL",
+        &long,
+        Duration::ZERO,
+    );
+    assert_eq!(long.status.code(), runc_long.status.code());
+    assert_eq!(long.status.code(), Some(137));
+    assert_clean();
+}
+
+/// One boot: stdin through `-i` reaches the workload, and its exit code passes through.
+#[test]
+fn guest_ctr_stdin_and_exit_code() {
+    require!();
+    let c = Containerd::start();
+    c.import_image();
+    let cmd = ["sh", "-c", "cat; exit 3"];
+    let runc = c.run(RUNC_RUNTIME, "runc-in", Some(b"typed\n"), &cmd);
+    let mvrun = c.run(MVRUN_RUNTIME, "in", Some(b"typed\n"), &cmd);
+    assert_eq!(out(&mvrun), "typed\n");
+    assert_eq!(out(&mvrun), out(&runc));
+    assert_eq!(mvrun.status.code(), Some(3));
+    assert_eq!(mvrun.status.code(), runc.status.code());
+    assert_clean();
+}
+
+/// One boot: a VMM killed from outside reaches containerd as the task's exit (137), not a hang, and nothing of
+/// the sandbox is left.
+#[test]
+fn guest_ctr_killed_vmm_is_an_exit() {
+    require!();
+    let c = Containerd::start();
+    c.import_image();
+    let run = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            MVRUN_RUNTIME,
+            IMAGE,
+            "victim",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = c.wait_status("victim", "RUNNING", BOOT_WAIT);
+    assert!(vmm_pids().contains(&(pid as i32)));
+    // SAFETY: kill(2) on the VMM of the task this test started (checked above to be a mvrun-vmm).
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    let o = run.wait_with_output().unwrap();
+    report(
+        MVRUN_RUNTIME,
+        "ctr run sleep 600, VMM killed",
+        &o,
+        t.elapsed(),
+    );
+    assert_eq!(o.status.code(), Some(137));
+    assert!(t.elapsed() < Duration::from_secs(60), "the exit came late");
+    assert_clean();
+}
