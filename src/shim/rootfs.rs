@@ -10,8 +10,8 @@
 //! - the image is cached under `<data root>/shim-rootfs/` by the identity of the committed layers (path, device,
 //!   inode and change time of each lower directory: committed snapshots never change, and a directory deleted and
 //!   made again gets a new inode or ctime), so the second container of an image boots without a build;
-//! - a non-empty upper dir or a bind mount (a writable, changing tree) is packed uncached for this container only,
-//!   and removed with it.
+//! - a non-empty upper dir, a bind mount, or a spec root directory with no mounts at all (`ctr run --rootfs DIR`)
+//!   is a writable, changing tree: packed uncached for this container only, and removed with it.
 //!
 //! The writable layer is the guest's own: guest-init lays a tmpfs upper over the read-only image (its size bounded
 //! by the guest's RAM). Writes therefore stay in the VM and vanish with it; containerd's `upperdir` is never
@@ -75,8 +75,11 @@ enum Source {
     Changed(Vec<PathBuf>),
 }
 
-/// Reads containerd's mounts.
-fn source(mounts: &[Mount]) -> Result<Source, Error> {
+/// Reads containerd's mounts; with none (`ctr run --rootfs DIR`), the spec's root directory is the tree.
+fn source(mounts: &[Mount], root_dir: Option<&Path>) -> Result<Source, Error> {
+    if let ([], Some(dir)) = (mounts, root_dir) {
+        return Ok(Source::Changed(vec![dir.to_path_buf()]));
+    }
     let [m] = mounts else {
         return Err(Error::Unsupported(format!(
             "expected one mount, got {}",
@@ -135,11 +138,17 @@ fn layers_key(layers: &[PathBuf]) -> Result<String, Error> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Builds (or finds in the cache) the block image for containerd's rootfs `mounts`; `scratch` is a directory
-/// of this container's for private images and temporary mount points.
-pub fn prepare(mounts: &[Mount], cache: &Path, scratch: &Path) -> Result<RootfsImage, Error> {
+/// Builds (or finds in the cache) the block image for containerd's rootfs `mounts` (or, when there are none, the
+/// OCI spec's root directory `root_dir`); `scratch` is a directory of this container's for private images and
+/// temporary mount points.
+pub fn prepare(
+    mounts: &[Mount],
+    root_dir: Option<&Path>,
+    cache: &Path,
+    scratch: &Path,
+) -> Result<RootfsImage, Error> {
     let format = images::RootfsFormat::Erofs;
-    match source(mounts)? {
+    match source(mounts, root_dir)? {
         Source::Layers(layers) => {
             fs::create_dir_all(cache).map_err(io("create", cache))?;
             let path = cache.join(format!("{}.{}", layers_key(&layers)?, format.extension()));
@@ -234,26 +243,31 @@ mod tests {
             "lowerdir=/l/2:/l/1".into(),
         ]);
         assert_eq!(
-            source(std::slice::from_ref(&m)).unwrap(),
+            source(std::slice::from_ref(&m), None).unwrap(),
             Source::Layers(vec!["/l/2".into(), "/l/1".into()])
         );
         fs::write(upper.join("written"), b"x").unwrap();
         assert_eq!(
-            source(&[m]).unwrap(),
+            source(&[m], None).unwrap(),
             Source::Changed(vec![upper, "/l/2".into(), "/l/1".into()])
         );
     }
 
     #[test]
     fn odd_mounts_are_refused_with_a_reason() {
-        assert!(source(&[]).is_err());
+        assert!(source(&[], None).is_err());
+        assert_eq!(
+            source(&[], Some(Path::new("/b/rootfs"))).unwrap(),
+            Source::Changed(vec!["/b/rootfs".into()]),
+            "ctr run --rootfs: the spec's root directory"
+        );
         let m = Mount {
             type_: "tmpfs".into(),
             ..Default::default()
         };
-        let e = source(&[m]).unwrap_err().to_string();
+        let e = source(&[m], None).unwrap_err().to_string();
         assert!(e.contains("tmpfs"), "{e}");
-        assert!(source(&[overlay(&["upperdir=/x".into()])]).is_err());
+        assert!(source(&[overlay(&["upperdir=/x".into()])], None).is_err());
     }
 
     #[test]
@@ -292,9 +306,9 @@ mod tests {
         let cache = t.path().join("cache");
         let scratch = t.path().join("scratch");
         fs::create_dir(&scratch).unwrap();
-        let img = prepare(std::slice::from_ref(&m), &cache, &scratch).unwrap();
+        let img = prepare(std::slice::from_ref(&m), None, &cache, &scratch).unwrap();
         assert!(!img.private && img.path.starts_with(&cache));
-        let again = prepare(&[m], &cache, &scratch).unwrap();
+        let again = prepare(&[m], None, &cache, &scratch).unwrap();
         assert_eq!(img, again);
         assert_eq!(
             fs::read_dir(&cache).unwrap().count(),

@@ -220,8 +220,10 @@ impl Service {
         let oci = spec::load(&bundle)?;
         let workload = spec::workload(&oci, !req.stdin.is_empty())?;
         let t = std::time::Instant::now();
+        let root_dir = oci.root().as_ref().map(|r| bundle.join(r.path()));
         let image = rootfs::prepare(
             &req.rootfs,
+            root_dir.as_deref(),
             &crate::paths::data_root().join("shim-rootfs"),
             &bundle,
         )?;
