@@ -67,6 +67,11 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Containerd {
+        Self::start_with_env(&[])
+    }
+
+    /// containerd with extra environment, which its shims (and their VMMs) inherit.
+    fn start_with_env(env: &[(&str, &Path)]) -> Containerd {
         // A short path: shim and containerd sockets live under it.
         let dir = tempfile::Builder::new()
             .prefix("ctrd")
@@ -102,6 +107,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -400,12 +406,16 @@ fn out(o: &Output) -> String {
 
 /// Nothing of the shim is left: no VMM, no runtime directory of a task.
 fn assert_clean() {
+    assert_clean_in(&mvrun::paths::run_root());
+}
+
+fn assert_clean_in(run_root: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !vmm_pids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(vmm_pids().is_empty(), "VMMs left: {:?}", vmm_pids());
-    let runtime = mvrun::paths::run_root().join("containerd");
+    let runtime = run_root.join("containerd");
     let left: Vec<_> = std::fs::read_dir(&runtime)
         .map(|d| {
             d.flatten()
@@ -606,4 +616,53 @@ fn guest_ctr_killed_vmm_is_an_exit() {
     assert_eq!(o.status.code(), Some(137));
     assert!(t.elapsed() < Duration::from_secs(60), "the exit came late");
     assert_clean();
+}
+
+/// No boot: a VM that cannot start (a kernel that does not exist) fails `ctr run` at create with the VMM's reason,
+/// and leaves no VMM, shim, runtime directory or private image behind. This runs the shim's start, its ttrpc
+/// service as containerd 1.6 calls it, the rootfs packing and the failure cleanup on any host.
+#[test]
+fn ctr_run_with_a_broken_vm_fails_cleanly() {
+    require!();
+    let scratch = tempfile::tempdir().unwrap();
+    let run_root = scratch.path().join("run");
+    let data_root = scratch.path().join("data");
+    let kernel = scratch.path().join("no-such-vmlinux");
+    let c = Containerd::start_with_env(&[
+        ("MVRUN_RUN_DIR", &run_root),
+        ("MVRUN_ROOT", &data_root),
+        ("MVRUN_KERNEL", &kernel),
+    ]);
+    c.import_image();
+    let o = c.run(MVRUN_RUNTIME, "broken", None, &["echo", "hi"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("failed to create shim task") && err.contains("no-such-vmlinux"),
+        "the reason reaches ctr: {err}"
+    );
+    assert!(c.tasks().is_empty());
+    assert_clean_in(&run_root);
+    let cached: Vec<_> = std::fs::read_dir(data_root.join("shim-rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "one cached image, no temporaries: {cached:?}"
+    );
+    // The cached image is reused: a second create packs nothing new.
+    let o = c.run(MVRUN_RUNTIME, "broken2", None, &["echo", "hi"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_dir(data_root.join("shim-rootfs"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let sock = c.sock().display().to_string();
+    drop(c);
+    assert!(processes_mentioning(&sock).is_empty(), "a shim is left");
 }
