@@ -62,6 +62,8 @@ pub struct Process {
     /// The agent's process spec (execs; init's lives in the task).
     pub spec: Option<agent_protocol::ProcessSpec>,
     state: Mutex<State>,
+    /// The exit the agent reported, while the output still drains (see [`Process::exit_pending`]).
+    pending: Mutex<Option<i32>>,
     changed: Condvar,
     stdin: Mutex<Option<UnixStream>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
@@ -86,6 +88,7 @@ impl Process {
                 exit_status: 0,
                 exited_at: None,
             }),
+            pending: Mutex::new(None),
             changed: Condvar::new(),
             stdin: Mutex::new(None),
             pumps: Mutex::new(Vec::new()),
@@ -125,6 +128,17 @@ impl Process {
         s.exited_at = Some(Timestamp::now());
         self.changed.notify_all();
         true
+    }
+
+    /// Notes the exit the agent reported before the output has drained: if the VM ends meanwhile (the guest
+    /// reboots a moment after the exit reached the host), this code, not the VM's, is the process's.
+    pub fn exit_pending(&self, code: i32) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+    }
+
+    /// The exit noted by [`Process::exit_pending`], if any.
+    pub fn pending_exit(&self) -> Option<i32> {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Blocks until it has exited.

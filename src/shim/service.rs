@@ -259,10 +259,12 @@ impl Service {
                             .collect()
                     })
                     .unwrap_or_default();
-                for p in execs {
-                    inner.exited(&id, &p, code);
+                // A process still running when its VM ends was killed with it: 137 as runc reports a SIGKILL,
+                // or what killed the VMM; an exit the agent already reported stands.
+                let killed = if code == 0 { 128 + libc::SIGKILL } else { code };
+                for p in execs.iter().chain(std::iter::once(&init)) {
+                    inner.exited(&id, p, p.pending_exit().unwrap_or(killed));
                 }
-                inner.exited(&id, &init, code);
             })
         };
         let vm = match Vm::boot(
@@ -322,6 +324,7 @@ impl Service {
             let exited = task.vm.control().and_then(|mut c| Ok(c.wait(p.agent_id)?));
             match exited {
                 Ok(e) => {
+                    p.exit_pending(e.code);
                     p.drain();
                     inner.exited(&task.id, &p, e.code);
                     if p.exec_id.is_empty() {
