@@ -5,9 +5,11 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -65,7 +67,7 @@ pub struct Process {
     /// The exit the agent reported, while the output still drains (see [`Process::exit_pending`]).
     pending: Mutex<Option<i32>>,
     changed: Condvar,
-    stdin: Mutex<Option<UnixStream>>,
+    stdin_closed: Arc<AtomicBool>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -90,7 +92,7 @@ impl Process {
             }),
             pending: Mutex::new(None),
             changed: Condvar::new(),
-            stdin: Mutex::new(None),
+            stdin_closed: Arc::new(AtomicBool::new(false)),
             pumps: Mutex::new(Vec::new()),
         }
     }
@@ -157,8 +159,10 @@ impl Process {
         pumps.push(pump_out(stdout, self.stdio.stdout.clone()));
         pumps.push(pump_out(stderr, self.stdio.stderr.clone()));
         if let Some(s) = stdin {
-            if let Ok(keep) = s.try_clone() {
-                *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(keep);
+            if self.stdin_closed.load(Ordering::SeqCst) {
+                // containerd closed stdin before the process started (ctr does when its own stdin is empty).
+                let _ = s.shutdown(Shutdown::Write);
+                return;
             }
             pump_in(self.stdio.stdin.clone(), s);
         }
@@ -182,8 +186,15 @@ impl Process {
 
     /// Closes the process's stdin (containerd's CloseIO): it reads EOF.
     pub fn close_stdin(&self) {
-        if let Some(s) = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = s.shutdown(Shutdown::Write);
+        self.stdin_closed.store(true, Ordering::SeqCst);
+        // The copier reads the fifo to its end (what the client wrote before closing still reaches the process),
+        // then closes the stream. It may still be blocked opening the fifo whose writer the client already
+        // closed unopened: a writer that comes and goes wakes it, and it reads EOF.
+        if !self.stdio.stdin.is_empty() {
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.stdio.stdin);
         }
     }
 }
@@ -271,8 +282,49 @@ mod tests {
         p.drain();
         assert_eq!(reader.join().unwrap(), b"hi\n");
         std::fs::write(&inp, b"typed").unwrap();
+        // containerd's CloseIO right after the client's last write: what was written still arrives.
+        p.close_stdin();
         let mut got = Vec::new();
         guest_in.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"typed");
+    }
+
+    #[test]
+    fn close_io_before_any_writer_still_ends_stdin() {
+        let t = tempfile::tempdir().unwrap();
+        let inp = t.path().join("in");
+        nix::unistd::mkfifo(&inp, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let stdio = Stdio {
+            stdin: inp.display().to_string(),
+            ..Stdio::default()
+        };
+        let p = Process::new(String::new(), 0, stdio, None);
+        let (_o1, o2) = UnixStream::pair().unwrap();
+        let (_e1, e2) = UnixStream::pair().unwrap();
+        let (mut guest_in, host_in) = UnixStream::pair().unwrap();
+        // Started with nobody ever writing to the fifo; then containerd's CloseIO.
+        p.plumb(o2, e2, Some(host_in));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        p.close_stdin();
+        let mut got = Vec::new();
+        guest_in.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
+        // CloseIO before the start: the stream is closed at once.
+        let p = Process::new(
+            String::new(),
+            0,
+            Stdio {
+                stdin: inp.display().to_string(),
+                ..Stdio::default()
+            },
+            None,
+        );
+        p.close_stdin();
+        let (_o1, o2) = UnixStream::pair().unwrap();
+        let (_e1, e2) = UnixStream::pair().unwrap();
+        let (mut guest_in, host_in) = UnixStream::pair().unwrap();
+        p.plumb(o2, e2, Some(host_in));
+        guest_in.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
     }
 }
