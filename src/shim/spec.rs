@@ -84,6 +84,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, Error> {
         cwd: Some(p.cwd().display().to_string()).filter(|c| !c.is_empty()),
         user: Some(format!("{}:{}", user.uid(), user.gid())),
         stdin,
+        ..ProcessSpec::default()
     })
 }
 
