@@ -81,10 +81,12 @@ impl Vm {
             id: record.id.clone(),
             kernel,
             initrd,
-            cmdline: launch_spec::guest_cmdline(crate::sandbox::rootfs_fstype(&rootfs)),
+            cmdline: launch_spec::guest_cmdline(crate::sandbox::rootfs_fstype(&rootfs), false),
             mem_mib: super::spec::guest_mem_mib(workload),
             vcpus: super::spec::vcpus(workload),
             rootfs,
+            // The writable layer is guest RAM (tmpfs); a scratch disk per task is future work.
+            scratch: None,
             tap: None,
             workload: workload.clone(),
             stdio: StdioMode::External,
