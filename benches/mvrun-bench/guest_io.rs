@@ -354,7 +354,8 @@ mod tests {
         let line = "2026-11-25T12:00:00Z  INFO guest_init::pid1: rootfs mounted fstype=\"erofs\" elapsed_us=1500";
         assert_eq!(guest_mount_ms(line), Some(1.5));
         assert_eq!(guest_mount_ms("nothing"), None);
-        let coloured = "\x1b[2m...\x1b[0m rootfs mounted \x1b[3melapsed_us\x1b[0m\x1b[2m=\x1b[0m2500";
+        let coloured =
+            "\x1b[2m...\x1b[0m rootfs mounted \x1b[3melapsed_us\x1b[0m\x1b[2m=\x1b[0m2500";
         assert_eq!(guest_mount_ms(coloured), Some(2.5));
     }
 }

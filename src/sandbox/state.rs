@@ -466,7 +466,12 @@ mod tests {
     fn debris_without_a_record_is_ignored() {
         let (t, s) = state();
         std::fs::create_dir(t.path().join("run").join("half-made")).unwrap();
-        std::fs::create_dir(t.path().join("run").join("0123456789abcdef0123456789abcdef")).unwrap();
+        std::fs::create_dir(
+            t.path()
+                .join("run")
+                .join("0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
         assert!(s.list().unwrap().is_empty());
     }
 
