@@ -49,6 +49,16 @@ fn run_detached(ctx: &Ctx, env: &[(&str, &str)], args: &[&str]) -> Result<Finish
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // The record says "exited" before the supervisor prints its timings and leaves: wait for the process.
+    if let Some(pid) = exited.as_ref().ok().and_then(|s| s["pid"].as_i64()) {
+        let gone = Instant::now();
+        // SAFETY: signal 0 only asks whether the pid exists.
+        while unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+            && gone.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
     let finished = Finished {
         console: read("console.log"),
