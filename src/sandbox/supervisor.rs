@@ -202,6 +202,9 @@ fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
                 mac: guest_mac(&spec.id),
             }),
         rng: true,
+        // Rate limits are the VMM's (vmm::rate_limiter); mvrun run does not set them yet.
+        block_rate: Default::default(),
+        net_rate: Default::default(),
     }
 }
 

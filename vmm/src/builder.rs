@@ -184,7 +184,8 @@ fn with_device_cmdline(payload: &Payload, entries: &[String]) -> Result<Payload,
 fn attach_block_devices(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
     for disk in &config.block {
         let backend = block::FileBackend::open(&disk.path, disk.read_only)?;
-        let dev = block::Block::new(Box::new(backend), disk.read_only, &disk.id)?;
+        let dev = block::Block::new(Box::new(backend), disk.read_only, &disk.id)?
+            .with_rate_limit(config.block_rate)?;
         let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
         tracing::debug!(path = %disk.path.display(), read_only = disk.read_only, "virtio-blk at {:#x}", slot.base);
     }
@@ -204,7 +205,7 @@ fn attach_vsock_device(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(),
 fn attach_net_device(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
     if let Some(n) = &config.net {
         let tap = virtio::net::Tap::open(&n.tap_name, n.netns.as_deref())?;
-        let dev = virtio::net::Net::new(Box::new(tap), n.mac)?;
+        let dev = virtio::net::Net::new(Box::new(tap), n.mac)?.with_rate_limit(config.net_rate)?;
         let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
         tracing::debug!(tap = %n.tap_name, "virtio-net at {:#x}", slot.base);
     }

@@ -57,6 +57,10 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Whether to give the guest a virtio-rng device fed by the host's getrandom.
     pub rng: bool,
+    /// Rate limit of each virtio-blk disk (none by default).
+    pub block_rate: crate::rate_limiter::RateLimit,
+    /// Rate limit of virtio-net, each direction on its own (none by default).
+    pub net_rate: crate::rate_limiter::RateLimit,
 }
 
 impl Default for VmConfig {
@@ -73,6 +77,8 @@ impl Default for VmConfig {
             vsock: None,
             net: None,
             rng: false,
+            block_rate: Default::default(),
+            net_rate: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod loader;
+pub mod rate_limiter;
 pub mod vstate;
 
 pub use builder::{build_vm, BuildError};

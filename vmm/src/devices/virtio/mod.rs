@@ -389,6 +389,8 @@ pub mod tokens {
     pub const PROCESS_QUEUE_BASE: u32 = 1;
     /// First token for a backend's own fds.
     pub const PROCESS_BACKEND: u32 = 100;
+    /// The rate limiter's timer (a device with two limiters uses the next token for the second).
+    pub const PROCESS_RATE_LIMITER: u32 = 200;
 }
 
 /// Registers the queue eventfds of an activated device with the event loop, once (a device re-activated after a

@@ -6,6 +6,7 @@ use super::request::{parse, ParseError, Request, RequestType};
 use super::{DiskBackend, Error, QUEUE_SIZE};
 use crate::devices::virtio::defs::TYPE_BLOCK;
 use crate::devices::virtio::{next_chain, VirtioCommon, VirtioDevice};
+use crate::rate_limiter::{RateLimit, RateLimiter};
 use crate::vstate::memory::GuestMemory;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueT;
@@ -44,9 +45,16 @@ pub struct Block {
     /// Data descriptors of the request being parsed; reused, never longer than a queue.
     data: Vec<Descriptor>,
     pub(super) queues_watched: bool,
+    /// The optional bytes/s and requests/s limit.
+    pub(super) limiter: Option<RateLimiter>,
+    pub(super) limiter_watched: bool,
     /// Counters.
     pub stats: BlockStats,
 }
+
+/// The most requests served per event-loop turn; the rest wait for the next turn, so one busy disk cannot keep
+/// the loop from the other devices.
+pub const MAX_REQUESTS_PER_TURN: usize = QUEUE_SIZE as usize;
 
 impl Block {
     /// A disk on `backend`; `id` (at most 20 bytes are kept) answers GET_ID and becomes /sys/block/vdX/serial.
@@ -67,8 +75,21 @@ impl Block {
             id: id_bytes,
             data: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             queues_watched: false,
+            limiter: None,
+            limiter_watched: false,
             stats: BlockStats::default(),
         })
+    }
+
+    /// Limits the disk to `limit` (bytes/s of data, requests/s).
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Result<Self, Error> {
+        self.limiter = RateLimiter::new(limit).map_err(Error::RateLimiter)?;
+        Ok(self)
+    }
+
+    /// How often the rate limit made the disk wait.
+    pub fn throttled(&self) -> u64 {
+        self.limiter.as_ref().map_or(0, |l| l.throttled)
     }
 
     /// The disk's size in 512-byte sectors (a partial last sector is not exposed).
@@ -83,7 +104,20 @@ impl Block {
         };
         let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
+        let mut served = 0;
         loop {
+            if self.limiter.as_mut().is_some_and(|l| !l.ready()) {
+                // The limiter's timer brings the loop back here.
+                break;
+            }
+            if served == MAX_REQUESTS_PER_TURN {
+                // Come back on the next turn of the event loop.
+                if let Err(e) = self.common.queue_evts[0].write(1) {
+                    tracing::warn!("virtio-blk: failed to requeue its own notification: {e}");
+                }
+                break;
+            }
+            served += 1;
             let chain = match next_chain(&mut self.common.queues[0], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -97,6 +131,9 @@ impl Block {
             let (status_addr, code, used_len) =
                 match parse(chain, mem, self.capacity_sectors, &mut self.data) {
                     Ok(req) => {
+                        if let Some(l) = self.limiter.as_mut() {
+                            l.consume(self.data.iter().map(|d| u64::from(d.len())).sum());
+                        }
                         let (code, len) = self.execute(mem, &req);
                         (req.status, code, len)
                     }
@@ -230,6 +267,7 @@ mod tests {
     use crate::devices::virtio::block::request::OutHdr;
     use crate::devices::virtio::block::FileBackend;
     use crate::devices::virtio::test_utils::{activate, ro, wo, Driver, TestMem, DATA_START};
+    use crate::rate_limiter::RateLimit;
     use std::io::Write;
     use vm_memory::ByteValued;
 
@@ -340,6 +378,44 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn the_rate_limit_pauses_the_queue_until_its_timer() {
+        let mem = TestMem::new();
+        let f = disk(8);
+        let backend = FileBackend::open(f.path(), true).unwrap();
+        // 1000 bytes/s: the first 512-byte read goes, the second too (into 24 bytes of debt), then the queue waits.
+        let mut blk = Block::new(Box::new(backend), true, "x")
+            .unwrap()
+            .with_rate_limit(RateLimit {
+                bytes_per_sec: Some(1000),
+                ops_per_sec: None,
+            })
+            .unwrap();
+        let mut drv = Driver::new(&mem, 0, QUEUE_SIZE);
+        activate(&mut blk, &mem, vec![drv.queue()]);
+        for _ in 0..4 {
+            request(&mut drv, VIRTIO_BLK_T_IN, 0, &[wo(D, 512)]);
+        }
+        assert!(blk.process_queue());
+        assert_eq!(drv.used().len(), 2, "two reads fit the bucket");
+        assert_eq!(blk.throttled(), 1);
+        assert!(
+            !blk.process_queue(),
+            "a notification does not get past the limit"
+        );
+        // The event loop would wait for the timer (25 ms: the debt plus one byte) and then serve the next.
+        let t = std::time::Instant::now();
+        blk.limiter.as_mut().unwrap().on_timer();
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(15),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(blk.process_queue());
+        assert!(!drv.used().is_empty());
+        assert!(!blk.common.needs_reset());
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum Error {
     /// Shared virtio set-up failed.
     #[error("failed to set up the virtio-blk device")]
     Virtio(#[from] super::Error),
+    /// The rate limiter's timer could not be made.
+    #[error("failed to set up the virtio-blk rate limiter")]
+    RateLimiter(#[source] std::io::Error),
 }
 
 /// Host storage behind a virtio-blk device.

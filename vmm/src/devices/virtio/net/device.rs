@@ -7,6 +7,7 @@ use super::defs::VIRTIO_NET_F_MAC;
 use super::{Error, NetBackend, MAX_FRAME, QUEUE_SIZES};
 use crate::devices::virtio::defs::TYPE_NET;
 use crate::devices::virtio::{next_chain, VirtioCommon, VirtioDevice};
+use crate::rate_limiter::{RateLimit, RateLimiter};
 use crate::vstate::memory::GuestMemory;
 use std::io::{Read, Write};
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -42,6 +43,10 @@ pub struct Net {
     pub(super) backend_readable: bool,
     pub(super) queues_watched: bool,
     pub(super) backend_watched: bool,
+    /// Optional limits on what the guest sends and what it receives, each its own bucket.
+    pub(super) tx_limiter: Option<RateLimiter>,
+    pub(super) rx_limiter: Option<RateLimiter>,
+    pub(super) limiters_watched: bool,
     /// Counters.
     pub stats: NetStats,
 }
@@ -59,8 +64,18 @@ impl Net {
             backend_readable: true,
             queues_watched: false,
             backend_watched: false,
+            tx_limiter: None,
+            rx_limiter: None,
+            limiters_watched: false,
             stats: NetStats::default(),
         })
+    }
+
+    /// Limits each direction to `limit` (bytes/s of frames, frames/s).
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Result<Self, Error> {
+        self.tx_limiter = RateLimiter::new(limit).map_err(Error::RateLimiter)?;
+        self.rx_limiter = RateLimiter::new(limit).map_err(Error::RateLimiter)?;
+        Ok(self)
     }
 
     /// Sends every frame the guest queued. Returns whether the used ring changed.
@@ -71,6 +86,9 @@ impl Net {
         let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
+            if self.tx_limiter.as_mut().is_some_and(|l| !l.ready()) {
+                break;
+            }
             let chain = match next_chain(&mut self.common.queues[TXQ], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -90,6 +108,9 @@ impl Net {
                 }
             };
             let len = reader.available_bytes();
+            if let Some(l) = self.tx_limiter.as_mut() {
+                l.consume(len as u64);
+            }
             let sent = if len <= super::defs::VNET_HDR_LEN || len > MAX_FRAME {
                 false
             } else {
@@ -119,6 +140,10 @@ impl Net {
         let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
+            if self.rx_limiter.as_mut().is_some_and(|l| !l.ready()) {
+                // The frame (or the tap's readiness) waits for the limiter's timer.
+                break;
+            }
             let len = match self.rx_pending {
                 Some(n) => n,
                 None if !self.backend_readable => break,
@@ -169,6 +194,9 @@ impl Net {
                 break;
             }
             self.stats.rx_frames += 1;
+            if let Some(l) = self.rx_limiter.as_mut() {
+                l.consume(len as u64);
+            }
             if self.common.queues[RXQ]
                 .add_used(mem, head, len as u32)
                 .is_err()
@@ -204,6 +232,7 @@ impl VirtioDevice for Net {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{activate, ro, wo, Driver, TestMem, DATA_START};
+    use crate::rate_limiter::RateLimit;
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
@@ -256,6 +285,37 @@ mod tests {
         assert!(net.process_rx());
         assert_eq!(rx.used(), vec![(u32::from(h), 80)]);
         assert_eq!(rx.read(DATA_START + 0x1000, 80), vec![0x11; 80]);
+    }
+
+    #[test]
+    fn each_direction_has_its_own_rate_limit() {
+        let mem = TestMem::new();
+        let fake = Fake::default();
+        // 1000 bytes/s each way: one 72-byte and one 1000-byte frame fit (the second into debt), the third waits.
+        let mut net = Net::new(Box::new(fake.clone()), [2, 0, 0, 0, 0, 7])
+            .unwrap()
+            .with_rate_limit(RateLimit {
+                bytes_per_sec: Some(1000),
+                ops_per_sec: None,
+            })
+            .unwrap();
+        let mut rx = Driver::new(&mem, 0, QUEUE_SIZES[0]);
+        let mut tx = Driver::new(&mem, 1, QUEUE_SIZES[1]);
+        activate(&mut net, &mem, vec![rx.queue(), tx.queue()]);
+        for len in [72, 1000, 72] {
+            tx.add(&[ro(DATA_START, len)]);
+        }
+        assert!(net.process_tx());
+        assert_eq!(fake.sent.lock().unwrap().len(), 2);
+        assert!(net.tx_limiter.as_ref().unwrap().is_paused());
+        // The receive side is not held back by what the guest sent.
+        fake.incoming.lock().unwrap().push_back(vec![0x11; 80]);
+        rx.add(&[wo(DATA_START + 0x1000, 1526)]);
+        assert!(net.process_rx());
+        // The timer resumes the sender.
+        net.tx_limiter.as_mut().unwrap().on_timer();
+        assert!(net.process_tx());
+        assert_eq!(fake.sent.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -3,13 +3,18 @@
 
 use super::device::{RXQ, TXQ};
 use super::Net;
-use crate::devices::virtio::tokens::{PROCESS_ACTIVATE, PROCESS_BACKEND, PROCESS_QUEUE_BASE};
+use crate::devices::virtio::tokens::{
+    PROCESS_ACTIVATE, PROCESS_BACKEND, PROCESS_QUEUE_BASE, PROCESS_RATE_LIMITER,
+};
 use crate::devices::virtio::watch_queues;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::os::fd::AsRawFd;
 use vmm_sys_util::epoll::EventSet;
 
 const PROCESS_RXQ: u32 = PROCESS_QUEUE_BASE + RXQ as u32;
 const PROCESS_TXQ: u32 = PROCESS_QUEUE_BASE + TXQ as u32;
+const PROCESS_TX_LIMITER: u32 = PROCESS_RATE_LIMITER;
+const PROCESS_RX_LIMITER: u32 = PROCESS_RATE_LIMITER + 1;
 
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -25,8 +30,34 @@ impl MutEventSubscriber for Net {
                         Err(e) => tracing::error!("virtio-net: failed to watch the tap: {e:?}"),
                     }
                 }
+                if !self.limiters_watched {
+                    self.limiters_watched = true;
+                    for (l, token) in [
+                        (self.tx_limiter.as_ref(), PROCESS_TX_LIMITER),
+                        (self.rx_limiter.as_ref(), PROCESS_RX_LIMITER),
+                    ] {
+                        let Some(l) = l else { continue };
+                        if let Err(e) =
+                            ops.add(Events::with_data_raw(l.as_raw_fd(), token, EventSet::IN))
+                        {
+                            tracing::error!("virtio-net: failed to watch a rate limiter: {e:?}");
+                        }
+                    }
+                }
                 self.backend_readable = true;
                 self.process_tx() | self.process_rx()
+            }
+            PROCESS_TX_LIMITER => {
+                if let Some(l) = self.tx_limiter.as_mut() {
+                    l.on_timer();
+                }
+                self.process_tx()
+            }
+            PROCESS_RX_LIMITER => {
+                if let Some(l) = self.rx_limiter.as_mut() {
+                    l.on_timer();
+                }
+                self.process_rx()
             }
             PROCESS_RXQ => {
                 let _ = self.common.queue_evts[RXQ].read();

@@ -30,6 +30,9 @@ pub const MAX_FRAME: usize = 65_562;
 /// Errors of the net device.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A rate limiter's timer could not be made.
+    #[error("failed to set up the virtio-net rate limiter")]
+    RateLimiter(#[source] std::io::Error),
     /// /dev/net/tun could not be opened or the tap created.
     #[error("failed to open tap {name}")]
     Tap {

@@ -63,6 +63,12 @@ impl Vsock {
         })
     }
 
+    /// Guest bytes the host side holds for peers that have not read them yet (bounded by
+    /// `MAX_CONNECTIONS * CONN_TX_BUF_SIZE`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.backend.buffered_bytes()
+    }
+
     /// Hands every packet the guest queued to the backend. Returns whether the used ring changed.
     pub fn process_tx(&mut self) -> bool {
         let Some(mem_arc) = self.common.mem.clone() else {
