@@ -495,3 +495,376 @@ fn guest_terminal_run_and_exec() {
         term.text()
     );
 }
+
+/// Why the network test cannot run here (it needs `ip`, network namespaces and taps), if it cannot.
+fn net_skip_reason() -> Option<String> {
+    let ip = Command::new("ip").arg("-V").output();
+    if !ip.is_ok_and(|o| o.status.success()) {
+        return Some("iproute2's ip is not installed".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    None
+}
+
+/// `ip ARGS`, failing with its stderr.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let o = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("ip {args:?}: {}", stderr(&o).trim()));
+    }
+    Ok(stdout(&o))
+}
+
+/// Builds tests/helpers/vsock_probe.rs static into `dir` (busybox has no vsock client).
+fn build_vsock_probe(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/vsock_probe.rs");
+    let out = dir.join("vsock_probe");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let o = Command::new(rustc)
+        .args(["--edition", "2021", "-O", "-C", "panic=abort", "-C", "strip=symbols"])
+        .args(["-C", "target-feature=+crt-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("cannot build a static vsock probe: {}", stderr(&o)));
+    }
+    Ok(out)
+}
+
+/// A quiet `mvrun exec NAME true` until it succeeds: the sandbox's container runs.
+fn wait_exec_ready(name: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let ok = mvrun(&["exec", name, "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "sandbox {name} did not take an exec within {timeout:?}: {}",
+            console_tail_of(name)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// The sandbox's directory, through the library's own lookup (where its sockets live may move).
+fn sandbox_dir(name: &str) -> mvrun::sandbox::state::SandboxDir {
+    mvrun::sandbox::state::StateDir::open(mvrun::paths::run_root())
+        .expect("open the run dir")
+        .find(name)
+        .expect("find the sandbox")
+        .0
+}
+
+fn console_tail_of(name: &str) -> String {
+    let Ok(states) = mvrun::sandbox::state::StateDir::open(mvrun::paths::run_root()) else {
+        return String::new();
+    };
+    let Ok((dir, _)) = states.find(name) else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(dir.console_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "console of {name}:\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
+/// `key=value` from output lines such as `ping_rc=0`.
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+/// Everything the network test sets up on the host, torn down on every path (by name and by pid): sandboxes,
+/// listeners, sockets, then the namespaces with their taps.
+#[derive(Default)]
+struct NetFixture {
+    netns: Vec<String>,
+    sandboxes: Vec<String>,
+    children: Vec<std::process::Child>,
+    sockets: Vec<std::path::PathBuf>,
+}
+
+impl Drop for NetFixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in &self.sandboxes {
+                eprintln!("{}", console_tail_of(s));
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for s in &self.sandboxes {
+            let _ = mvrun(&["rm", "-f", s])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+        for ns in &self.netns {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// One sandbox's side of the network test: its namespace, tap and subnet.
+struct Net {
+    ns: String,
+    name: String,
+    host: String,
+    guest: String,
+}
+
+/// Two boots, at the same time: sandboxes A and B, each with a tap in a network namespace the test made, on
+/// different subnets. In A: ping to its tap's address and a wget of a 256 KiB file from an httpd in A's namespace
+/// (sha256 compared); A reaches nothing of B's. From the host: B's guest serves HTTP to B's namespace (an inbound
+/// connection) and not to A's; the root namespace has neither tap. vsock guest to host: a static probe copied into A
+/// connects to CID 2 and reaches the listener at A's socket, not B's. B runs on a 64 MiB scratch disk, which df
+/// shows. Figures (ping RTT, wget and vsock throughput) are printed as `FIGURE:` lines.
+#[test]
+fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
+    use sha2::Digest;
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::net::UnixListener;
+
+    require_full_path!();
+    if let Some(reason) = net_skip_reason() {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = match build_vsock_probe(tmp.path()) {
+        Ok(p) => p,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let pid = std::process::id();
+    // One tap name in both namespaces (and none in the root one): isolation, not distinct names, keeps them apart.
+    let tap = format!("mvt{}", pid % 10_000_000);
+    let nets: Vec<Net> = ["a", "b"]
+        .iter()
+        .zip([1, 2])
+        .map(|(x, n)| Net {
+            ns: format!("mvt-{pid}-{x}"),
+            name: format!("net-{x}-{pid:x}"),
+            host: format!("10.77.{n}.1"),
+            guest: format!("10.77.{n}.2"),
+        })
+        .collect();
+    let (a, b) = (&nets[0], &nets[1]);
+    let mut fx = NetFixture::default();
+
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let blob: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    let blob_sha = hex::encode(sha2::Sha256::digest(&blob));
+
+    for n in &nets {
+        if let Err(e) = ip(&["netns", "add", &n.ns]) {
+            eprintln!("SKIP: cannot make a network namespace: {e}");
+            return;
+        }
+        fx.netns.push(n.ns.clone());
+        for args in [
+            vec!["-n", &n.ns, "link", "set", "lo", "up"],
+            vec!["-n", &n.ns, "tuntap", "add", "dev", &tap, "mode", "tap"],
+            vec!["-n", &n.ns, "addr", "add", &format!("{}/24", n.host), "dev", &tap],
+            vec!["-n", &n.ns, "link", "set", &tap, "up"],
+        ] {
+            if let Err(e) = ip(&args) {
+                eprintln!("SKIP: cannot set up a tap in a network namespace: {e}");
+                return;
+            }
+        }
+        let httpd = Command::new("ip")
+            .args(["netns", "exec", &n.ns, "busybox", "httpd", "-f", "-p"])
+            .arg(format!("{}:8080", n.host))
+            .arg("-h")
+            .arg(&www)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start busybox httpd in the namespace");
+        fx.children.push(httpd);
+    }
+    let root_links = ip(&["-o", "link", "show"]).unwrap();
+    assert!(
+        !root_links.contains(&tap),
+        "the root namespace sees no tap: {root_links}"
+    );
+
+    // Both sandboxes boot at once.
+    let boot = Instant::now();
+    for (i, n) in nets.iter().enumerate() {
+        fx.sandboxes.push(n.name.clone());
+        let network = format!("tap:{tap},netns=/var/run/netns/{}", n.ns);
+        let cidr = format!("{}/24", n.guest);
+        let mut args = vec![
+            "run", "-d", "--name", &n.name, "--network", &network, "--ip", &cidr, "--gateway", &n.host,
+        ];
+        if i == 1 {
+            args.extend(["--storage-opt", "size=64m"]);
+        }
+        args.extend(["busybox", "sleep", "7200"]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    for n in &nets {
+        let t = wait_exec_ready(&n.name, Duration::from_secs(1500));
+        eprintln!("FIGURE: {} took an exec {t:.0?} after its start (two guests booting at once)", n.name);
+    }
+    eprintln!("both sandboxes up after {:.0?}", boot.elapsed());
+
+    // A: ping its tap, fetch the blob over TCP, and fail to reach anything of B's.
+    let script = format!(
+        "ping -c 3 {gw}; echo ping_rc=$?; \
+         read t0 x < /proc/uptime; wget -q -O /tmp/blob http://{gw}:8080/blob; echo wget_rc=$?; \
+         read t1 x < /proc/uptime; echo t0=$t0; echo t1=$t1; sha256sum /tmp/blob; \
+         ping -c 2 -w 8 {bg} >/dev/null 2>&1; echo cross_ping_rc=$?; \
+         timeout 20 wget -q -O /dev/null http://{bh}:8080/blob 2>/dev/null; echo cross_wget_rc=$?",
+        gw = a.host,
+        bg = b.guest,
+        bh = b.host
+    );
+    let o = run(&["exec", &a.name, "sh", "-c", &script]);
+    let out = stdout(&o);
+    assert_eq!(field(&out, "ping_rc"), Some("0"), "{out}");
+    assert!(out.contains("3 packets received"), "{out}");
+    assert_eq!(field(&out, "wget_rc"), Some("0"), "{out}");
+    assert!(out.contains(&format!("{blob_sha}  /tmp/blob")), "{out}");
+    assert_ne!(field(&out, "cross_ping_rc"), Some("0"), "A reached B's guest: {out}");
+    assert_ne!(field(&out, "cross_wget_rc"), Some("0"), "A reached B's host side: {out}");
+    if let Some(rtt) = out.lines().find(|l| l.contains("round-trip")) {
+        eprintln!("FIGURE: guest A ping to its tap: {}", rtt.trim());
+    }
+    let secs = |k| field(&out, k).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(t0), Some(t1)) = (secs("t0"), secs("t1")) {
+        let dt = (t1 - t0).max(0.01);
+        eprintln!(
+            "FIGURE: guest A wget of 256 KiB from its namespace: {dt:.2} s, {:.0} KiB/s",
+            256.0 / dt
+        );
+    }
+
+    // B: ping its tap, serve HTTP from the guest, and show the scratch disk under the container's root.
+    let script = format!(
+        "ping -c 3 {gw}; echo ping_rc=$?; df -k /; \
+         mkdir -p /tmp/www && echo served-by-{name} > /tmp/www/index.html && httpd -p 8080 -h /tmp/www; \
+         echo httpd_rc=$?",
+        gw = b.host,
+        name = b.name
+    );
+    let o = run(&["exec", &b.name, "sh", "-c", &script]);
+    let out = stdout(&o);
+    assert_eq!(field(&out, "ping_rc"), Some("0"), "{out}");
+    assert_eq!(field(&out, "httpd_rc"), Some("0"), "{out}");
+    // df -k: "overlay <1K-blocks> <used> <available> <use%> /"; ext4 keeps some of the 64 MiB for itself.
+    let root_kib: u64 = out
+        .lines()
+        .find(|l| l.trim_end().ends_with(" /"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no df line for /: {out}"));
+    assert!(
+        (40 * 1024..=64 * 1024).contains(&root_kib),
+        "the container's root sits on the 64 MiB scratch disk: {root_kib} KiB: {out}"
+    );
+    // An inbound connection into B's guest from B's namespace; A's namespace has no way there.
+    let fetch = |ns: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "busybox", "timeout", "60", "busybox", "wget", "-q", "-O", "-"])
+            .arg(format!("http://{}:8080/", b.guest))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = fetch(&b.ns);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("served-by-{}\n", b.name));
+    let o = fetch(&a.ns);
+    assert!(!o.status.success(), "A's namespace reached B's guest: {}", stdout(&o));
+
+    // vsock, guest to host: a listener on each sandbox's socket + port; the probe in A reaches A's only.
+    const PORT: u32 = 7070;
+    const PAYLOAD: usize = 64 * 1024;
+    let listen = |n: &Net| {
+        let path = std::path::PathBuf::from(format!(
+            "{}_{PORT}",
+            sandbox_dir(&n.name).vsock_path().display()
+        ));
+        let l = UnixListener::bind(&path).expect("listen on the sandbox's vsock port");
+        (l, path)
+    };
+    let (listener_a, path_a) = listen(a);
+    let (listener_b, path_b) = listen(b);
+    fx.sockets.extend([path_a, path_b]);
+    listener_b.set_nonblocking(true).unwrap();
+    let host_side = std::thread::spawn(move || {
+        let (stream, _) = listener_a.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        let ok = rest.iter().all(|b| *b == b'v');
+        writeln!(&stream, "host got {} bytes (all v: {ok})", rest.len()).unwrap();
+        (line, rest.len())
+    });
+    let copy = mvrun(&["exec", "-i", &a.name, "sh", "-c", "cat > /tmp/probe && chmod +x /tmp/probe"])
+        .stdin(std::fs::File::open(&probe).unwrap())
+        .status()
+        .unwrap();
+    assert!(copy.success(), "copy the probe into A");
+    let o = run(&["exec", &a.name, "/tmp/probe", "2", &PORT.to_string(), &PAYLOAD.to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let (line, n) = host_side.join().unwrap();
+    assert_eq!(line, "hello from the guest\n");
+    assert_eq!(n, PAYLOAD);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("host answered: host got {PAYLOAD} bytes (all v: true)")),
+        "{out}"
+    );
+    assert!(
+        listener_b.accept().is_err(),
+        "B's listener saw a connection from A's guest"
+    );
+    if let Some(us) = out
+        .split_whitespace()
+        .skip_while(|w| *w != "in")
+        .nth(1)
+        .and_then(|w| w.parse::<f64>().ok())
+    {
+        eprintln!(
+            "FIGURE: guest A vsock to host: {PAYLOAD} bytes sent in {:.1} ms ({:.0} KiB/s)",
+            us / 1000.0,
+            PAYLOAD as f64 / 1024.0 / (us / 1e6).max(1e-6)
+        );
+    }
+    drop(fx);
+}
