@@ -527,7 +527,15 @@ fn build_vsock_probe(dir: &Path) -> Result<std::path::PathBuf, String> {
     let out = dir.join("vsock_probe");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let o = Command::new(rustc)
-        .args(["--edition", "2021", "-O", "-C", "panic=abort", "-C", "strip=symbols"])
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+        ])
         .args(["-C", "target-feature=+crt-static", "-o"])
         .arg(&out)
         .arg(&src)
@@ -695,7 +703,15 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         for args in [
             vec!["-n", &n.ns, "link", "set", "lo", "up"],
             vec!["-n", &n.ns, "tuntap", "add", "dev", &tap, "mode", "tap"],
-            vec!["-n", &n.ns, "addr", "add", &format!("{}/24", n.host), "dev", &tap],
+            vec![
+                "-n",
+                &n.ns,
+                "addr",
+                "add",
+                &format!("{}/24", n.host),
+                "dev",
+                &tap,
+            ],
             vec!["-n", &n.ns, "link", "set", &tap, "up"],
         ] {
             if let Err(e) = ip(&args) {
@@ -726,7 +742,16 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         let network = format!("tap:{tap},netns=/var/run/netns/{}", n.ns);
         let cidr = format!("{}/24", n.guest);
         let mut args = vec![
-            "run", "-d", "--name", &n.name, "--network", &network, "--ip", &cidr, "--gateway", &n.host,
+            "run",
+            "-d",
+            "--name",
+            &n.name,
+            "--network",
+            &network,
+            "--ip",
+            &cidr,
+            "--gateway",
+            &n.host,
         ];
         if i == 1 {
             args.extend(["--storage-opt", "size=64m"]);
@@ -737,7 +762,10 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     }
     for n in &nets {
         let t = wait_exec_ready(&n.name, Duration::from_secs(1500));
-        eprintln!("FIGURE: {} took an exec {t:.0?} after its start (two guests booting at once)", n.name);
+        eprintln!(
+            "FIGURE: {} took an exec {t:.0?} after its start (two guests booting at once)",
+            n.name
+        );
     }
     eprintln!("both sandboxes up after {:.0?}", boot.elapsed());
 
@@ -758,8 +786,16 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     assert!(out.contains("3 packets received"), "{out}");
     assert_eq!(field(&out, "wget_rc"), Some("0"), "{out}");
     assert!(out.contains(&format!("{blob_sha}  /tmp/blob")), "{out}");
-    assert_ne!(field(&out, "cross_ping_rc"), Some("0"), "A reached B's guest: {out}");
-    assert_ne!(field(&out, "cross_wget_rc"), Some("0"), "A reached B's host side: {out}");
+    assert_ne!(
+        field(&out, "cross_ping_rc"),
+        Some("0"),
+        "A reached B's guest: {out}"
+    );
+    assert_ne!(
+        field(&out, "cross_wget_rc"),
+        Some("0"),
+        "A reached B's host side: {out}"
+    );
     if let Some(rtt) = out.lines().find(|l| l.contains("round-trip")) {
         eprintln!("FIGURE: guest A ping to its tap: {}", rtt.trim());
     }
@@ -797,7 +833,9 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     // An inbound connection into B's guest from B's namespace; A's namespace has no way there.
     let fetch = |ns: &str| {
         Command::new("ip")
-            .args(["netns", "exec", ns, "busybox", "timeout", "60", "busybox", "wget", "-q", "-O", "-"])
+            .args([
+                "netns", "exec", ns, "busybox", "timeout", "60", "busybox", "wget", "-q", "-O", "-",
+            ])
             .arg(format!("http://{}:8080/", b.guest))
             .stdin(Stdio::null())
             .output()
@@ -807,7 +845,11 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("served-by-{}\n", b.name));
     let o = fetch(&a.ns);
-    assert!(!o.status.success(), "A's namespace reached B's guest: {}", stdout(&o));
+    assert!(
+        !o.status.success(),
+        "A's namespace reached B's guest: {}",
+        stdout(&o)
+    );
 
     // vsock, guest to host: a listener on each sandbox's socket + port; the probe in A reaches A's only.
     const PORT: u32 = 7070;
@@ -835,19 +877,35 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         writeln!(&stream, "host got {} bytes (all v: {ok})", rest.len()).unwrap();
         (line, rest.len())
     });
-    let copy = mvrun(&["exec", "-i", &a.name, "sh", "-c", "cat > /tmp/probe && chmod +x /tmp/probe"])
-        .stdin(std::fs::File::open(&probe).unwrap())
-        .status()
-        .unwrap();
+    let copy = mvrun(&[
+        "exec",
+        "-i",
+        &a.name,
+        "sh",
+        "-c",
+        "cat > /tmp/probe && chmod +x /tmp/probe",
+    ])
+    .stdin(std::fs::File::open(&probe).unwrap())
+    .status()
+    .unwrap();
     assert!(copy.success(), "copy the probe into A");
-    let o = run(&["exec", &a.name, "/tmp/probe", "2", &PORT.to_string(), &PAYLOAD.to_string()]);
+    let o = run(&[
+        "exec",
+        &a.name,
+        "/tmp/probe",
+        "2",
+        &PORT.to_string(),
+        &PAYLOAD.to_string(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let (line, n) = host_side.join().unwrap();
     assert_eq!(line, "hello from the guest\n");
     assert_eq!(n, PAYLOAD);
     let out = stdout(&o);
     assert!(
-        out.contains(&format!("host answered: host got {PAYLOAD} bytes (all v: true)")),
+        out.contains(&format!(
+            "host answered: host got {PAYLOAD} bytes (all v: true)"
+        )),
         "{out}"
     );
     assert!(
