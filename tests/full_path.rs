@@ -735,7 +735,9 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         "the root namespace sees no tap: {root_links}"
     );
 
-    // Both sandboxes boot at once.
+    // Both sandboxes boot at once. Two emulated guests share the CPUs: give each more than one guest's default
+    // time to bring its agent up (the mvrun processes inherit this process's environment).
+    std::env::set_var("MVRUN_BOOT_TIMEOUT", "1500");
     let boot = Instant::now();
     for (i, n) in nets.iter().enumerate() {
         fx.sandboxes.push(n.name.clone());

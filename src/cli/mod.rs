@@ -24,6 +24,7 @@ Environment:
   MVRUN_GUEST_INIT      guest-init binary (default /usr/local/lib/mvrun/guest-init)
   MVRUN_ROOTFS_FORMAT   rootfs block image filesystem: erofs (default) or ext4
   MVRUN_GUEST_LOG       guest-init's log filter (e.g. info), logged to console.log
+  MVRUN_BOOT_TIMEOUT    seconds a guest may take to bring its agent up (default 600 on emulated KVM, else 30)
   MVRUN_LOG             mvrun's own log filter (same as --log-level)
   MVRUN_KERNEL_SOURCE   kernel source tarball (default: Debian's linux-source-6.12)";
 

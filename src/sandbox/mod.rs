@@ -148,7 +148,7 @@ fn write_spec(
             StdioMode::Inherit
         },
         tty: options.tty,
-        boot_timeout_secs: boot_timeout(),
+        boot_timeout_secs: boot_timeout()?,
         timings: options.timings,
         cli_phases,
     };
@@ -167,11 +167,34 @@ pub fn boot_files(kernel: Option<PathBuf>) -> Result<(PathBuf, PathBuf), Error> 
     Ok((kernel, initrd))
 }
 
-/// Time allowed for the guest to bring its agent up: emulated hosts run the guest instruction by instruction.
-pub fn boot_timeout() -> u64 {
-    match Variant::for_this_host() {
-        Variant::Emulated => 600,
-        Variant::Normal => 30,
+/// Environment variable: seconds allowed for the guest to bring its agent up (overrides the host's default).
+pub const BOOT_TIMEOUT_ENV: &str = "MVRUN_BOOT_TIMEOUT";
+
+/// Time allowed for the guest to bring its agent up, in seconds: `MVRUN_BOOT_TIMEOUT`, else the host's default
+/// (emulated hosts run the guest instruction by instruction, and several guests booting at once share the CPUs).
+pub fn boot_timeout() -> Result<u64, Error> {
+    boot_timeout_from(
+        std::env::var(BOOT_TIMEOUT_ENV).ok().as_deref(),
+        Variant::for_this_host(),
+    )
+}
+
+fn boot_timeout_from(env: Option<&str>, variant: Variant) -> Result<u64, Error> {
+    match env.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=86_400).contains(s))
+            .ok_or_else(|| {
+                Error::Env(
+                    BOOT_TIMEOUT_ENV,
+                    format!("{v:?} is not a number of seconds from 1 to 86400"),
+                )
+            }),
+        None => Ok(match variant {
+            Variant::Emulated => 600,
+            Variant::Normal => 30,
+        }),
     }
 }
 
@@ -268,4 +291,24 @@ fn start_vmm(dir: &state::SandboxDir, id: &str, options: &RunOptions) -> Result<
         .code()
         .and_then(|c| u8::try_from(c).ok())
         .unwrap_or(EXIT_MVRUN_FAILED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_timeout_defaults_per_host_and_env_overrides() {
+        assert_eq!(boot_timeout_from(None, Variant::Emulated).unwrap(), 600);
+        assert_eq!(boot_timeout_from(None, Variant::Normal).unwrap(), 30);
+        assert_eq!(boot_timeout_from(Some(""), Variant::Normal).unwrap(), 30);
+        assert_eq!(
+            boot_timeout_from(Some(" 1500 "), Variant::Emulated).unwrap(),
+            1500
+        );
+        for bad in ["0", "-5", "10m", "86401", "x"] {
+            let e = boot_timeout_from(Some(bad), Variant::Normal).unwrap_err();
+            assert!(e.to_string().starts_with(BOOT_TIMEOUT_ENV), "{e}");
+        }
+    }
 }

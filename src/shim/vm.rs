@@ -75,6 +75,7 @@ impl Vm {
         on_exit: Box<dyn FnOnce(i32) + Send>,
     ) -> Result<Vm, Error> {
         let (kernel, initrd) = crate::sandbox::boot_files(None)?;
+        let boot_timeout_secs = crate::sandbox::boot_timeout()?;
         let states = StateDir::open(runtime_root)?;
         let (dir, record) = states.create(None, label, &workload.process.args, false)?;
         let spec = LaunchSpec {
@@ -91,7 +92,7 @@ impl Vm {
             workload: workload.clone(),
             stdio: StdioMode::External,
             tty: false,
-            boot_timeout_secs: crate::sandbox::boot_timeout(),
+            boot_timeout_secs,
             timings: false,
             cli_phases: Vec::new(),
         };
