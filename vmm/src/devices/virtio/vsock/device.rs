@@ -38,6 +38,8 @@ pub struct Vsock {
     pub(super) backend_watched: bool,
     /// Counters.
     pub stats: VsockStats,
+    /// The payload of a guest packet spread over several descriptors, copied out (at most [`MAX_PKT_DATA`]).
+    tx_data: Vec<u8>,
 }
 
 /// Whether a packet error means the queue itself cannot be trusted (guest memory), rather than one bad packet.
@@ -50,6 +52,63 @@ fn is_memory_error(e: &PacketError) -> bool {
     )
 }
 
+/// Reads a tx packet into `hdr` and `data` descriptor by descriptor. Linux 6.12.y and later send payloads above
+/// 32 KiB as page fragments, one descriptor each after the header's; virtio 1.x lets a driver lay a buffer out
+/// over descriptors as it likes. `data` never holds more than [`MAX_PKT_DATA`].
+fn gather_tx(
+    mem: &GuestMemory,
+    chain: virtio_queue::DescriptorChain<&GuestMemory>,
+    hdr: &mut [u8; PKT_HEADER_SIZE],
+    data: &mut Vec<u8>,
+) -> Result<(), PacketError> {
+    use vm_memory::{Address, Bytes};
+    data.clear();
+    let mut hdr_filled = 0;
+    let mut want = None;
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(PacketError::UnexpectedWriteOnlyDescriptor);
+        }
+        let mut addr = desc.addr();
+        let mut left = desc.len() as usize;
+        if hdr_filled < PKT_HEADER_SIZE {
+            let n = left.min(PKT_HEADER_SIZE - hdr_filled);
+            mem.read_slice(&mut hdr[hdr_filled..hdr_filled + n], addr)
+                .map_err(PacketError::InvalidMemoryAccess)?;
+            hdr_filled += n;
+            left -= n;
+            addr = addr
+                .checked_add(n as u64)
+                .ok_or(PacketError::DescriptorLengthTooSmall)?;
+            if hdr_filled < PKT_HEADER_SIZE {
+                continue;
+            }
+            // struct virtio_vsock_hdr: le32 len at offset 24.
+            let len = u32::from_le_bytes([hdr[24], hdr[25], hdr[26], hdr[27]]);
+            if len > MAX_PKT_DATA {
+                return Err(PacketError::InvalidHeaderLen(len));
+            }
+            want = Some(len as usize);
+        }
+        let Some(want) = want else { continue };
+        let n = left.min(want - data.len());
+        if n > 0 {
+            let start = data.len();
+            data.resize(start + n, 0);
+            mem.read_slice(&mut data[start..], addr)
+                .map_err(PacketError::InvalidMemoryAccess)?;
+        }
+        if data.len() == want {
+            return Ok(());
+        }
+    }
+    Err(if hdr_filled < PKT_HEADER_SIZE {
+        PacketError::DescriptorLengthTooSmall
+    } else {
+        PacketError::DescriptorChainTooShort
+    })
+}
+
 impl Vsock {
     /// A device for a guest with `guest_cid`, its host side in `backend`.
     pub fn new(guest_cid: u64, backend: Box<dyn VsockBackend>) -> Result<Self, Error> {
@@ -60,6 +119,7 @@ impl Vsock {
             queues_watched: false,
             backend_watched: false,
             stats: VsockStats::default(),
+            tx_data: Vec::new(),
         })
     }
 
@@ -77,7 +137,7 @@ impl Vsock {
         let mem: &GuestMemory = &mem_arc;
         let mut used_any = false;
         loop {
-            let mut chain = match next_chain(&mut self.common.queues[TXQ], mem) {
+            let chain = match next_chain(&mut self.common.queues[TXQ], mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -87,7 +147,25 @@ impl Vsock {
                 }
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+            let mut hdr = [0u8; PKT_HEADER_SIZE];
+            let parsed =
+                match VsockPacket::from_tx_virtq_chain(mem, &mut chain.clone(), MAX_PKT_DATA) {
+                    // The crate takes the payload from one descriptor only; the guest may have spread it over
+                    // several (any layout is allowed).
+                    Err(e) if !is_memory_error(&e) => {
+                        gather_tx(mem, chain, &mut hdr, &mut self.tx_data).and_then(|()| {
+                            let raw = hdr;
+                            let data = (!self.tx_data.is_empty()).then_some(&mut self.tx_data[..]);
+                            // SAFETY: `hdr` and `tx_data` are this function's and this device's own buffers; the
+                            // packet is dropped at the end of this iteration, before either is touched again.
+                            let mut pkt = unsafe { VsockPacket::new(&mut hdr, data) }?;
+                            pkt.set_header_from_raw(&raw)?;
+                            Ok(pkt)
+                        })
+                    }
+                    other => other,
+                };
+            match parsed {
                 Ok(pkt) if pkt.src_cid() == self.guest_cid && pkt.dst_cid() == VSOCK_HOST_CID => {
                     self.stats.tx_packets += 1;
                     self.backend.send_pkt(&pkt);
@@ -367,6 +445,63 @@ mod tests {
         rig.send(guest_pkt(VSOCK_OP_RST, 5000, 1234, 0), &[]);
         assert!(rig.recv(1).is_empty());
         assert_eq!(rig.dev.stats.tx_dropped, 0);
+    }
+
+    /// Linux 6.12.y sends payloads above 32 KiB as a header descriptor and one descriptor per page fragment; any
+    /// other layout (a header split in two, data after the header in its descriptor) is as valid. Every byte
+    /// reaches the host in order; a chain shorter than its header's length is dropped, the connection kept.
+    #[test]
+    fn guest_payload_spread_over_descriptors_reaches_the_host() {
+        let mem = TestMem::new();
+        let mut rig = Rig::new(&mem);
+        let listener = UnixListener::bind(format!("{}_1300", rig.uds.display())).unwrap();
+        rig.send(guest_pkt(VSOCK_OP_REQUEST, 5000, 1300, 0), &[]);
+        let (mut host, _) = listener.accept().unwrap();
+        assert_eq!(rig.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+
+        // Header, then 40000 bytes in fragments of 4096, 32768 and 3136 (as alloc_skb_with_frags makes them).
+        let payload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let h = guest_pkt(VSOCK_OP_RW, 5000, 1300, payload.len() as u32);
+        rig.tx.write(TX_HDR, &h.bytes());
+        let frags = [
+            (0x2_0000u64, 0usize, 4096usize),
+            (0x4_0000, 4096, 32_768),
+            (0x6_0000, 36_864, 3136),
+        ];
+        let mut bufs = vec![ro(TX_HDR, 44)];
+        for (off, from, len) in frags {
+            rig.tx.write(TX_DATA + off, &payload[from..from + len]);
+            bufs.push(ro(TX_DATA + off, len as u32));
+        }
+        rig.tx.add(&bufs);
+        rig.dev.process_tx();
+        let mut got = vec![0u8; payload.len()];
+        host.read_exact(&mut got).unwrap();
+        assert!(got == payload, "the payload arrives whole and in order");
+
+        // The header split over two descriptors, the data starting in the second one's tail.
+        let h = guest_pkt(VSOCK_OP_RW, 5000, 1300, 6);
+        let mut bytes = h.bytes();
+        bytes.extend_from_slice(b"abcdef");
+        rig.tx.write(TX_HDR, &bytes[..20]);
+        rig.tx.write(TX_DATA, &bytes[20..]);
+        rig.tx.add(&[ro(TX_HDR, 20), ro(TX_DATA, 30)]);
+        rig.dev.process_tx();
+        let mut got = [0u8; 6];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abcdef");
+
+        // A header that promises more than the chain holds: dropped, nothing written, the connection stays.
+        let dropped = rig.dev.stats.tx_dropped;
+        rig.tx
+            .write(TX_HDR, &guest_pkt(VSOCK_OP_RW, 5000, 1300, 100).bytes());
+        rig.tx.add(&[ro(TX_HDR, 44), ro(TX_DATA, 50)]);
+        rig.dev.process_tx();
+        assert_eq!(rig.dev.stats.tx_dropped, dropped + 1);
+        rig.send(guest_pkt(VSOCK_OP_RW, 5000, 1300, 2), b"ok");
+        let mut got = [0u8; 2];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
     }
 
     #[test]
