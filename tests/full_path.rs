@@ -548,7 +548,7 @@ fn build_vsock_probe(dir: &Path) -> Result<std::path::PathBuf, String> {
 }
 
 /// A quiet `mvrun exec NAME true` until it succeeds: the sandbox's container runs.
-fn wait_exec_ready(name: &str, timeout: Duration) -> Duration {
+fn wait_exec_ready(name: &str, timeout: Duration) {
     let start = Instant::now();
     loop {
         let ok = mvrun(&["exec", name, "true"])
@@ -558,7 +558,7 @@ fn wait_exec_ready(name: &str, timeout: Duration) -> Duration {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            return start.elapsed();
+            return;
         }
         assert!(
             start.elapsed() < timeout,
@@ -763,13 +763,13 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     for n in &nets {
-        let t = wait_exec_ready(&n.name, Duration::from_secs(1500));
+        wait_exec_ready(&n.name, Duration::from_secs(1500));
         eprintln!(
-            "FIGURE: {} took an exec {t:.0?} after its start (two guests booting at once)",
-            n.name
+            "FIGURE: {} took an exec {:.0?} after both were started (two emulated guests booting at once)",
+            n.name,
+            boot.elapsed()
         );
     }
-    eprintln!("both sandboxes up after {:.0?}", boot.elapsed());
 
     // A: ping its tap, fetch the blob over TCP, and fail to reach anything of B's.
     let script = format!(
@@ -879,6 +879,7 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
         let _ = writeln!(&stream, "host got {} bytes (all v: {ok})", rest.len());
         (line, rest.len())
     });
+    let copy_start = Instant::now();
     let copy = mvrun(&[
         "exec",
         "-i",
@@ -891,6 +892,11 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     .status()
     .unwrap();
     assert!(copy.success(), "copy the probe into A");
+    eprintln!(
+        "FIGURE: {} bytes copied into A through exec -i (vsock host to guest, cat to the overlay) in {:.1?}",
+        std::fs::metadata(&probe).unwrap().len(),
+        copy_start.elapsed()
+    );
     let o = run(&[
         "exec",
         &a.name,
