@@ -112,6 +112,10 @@ pub struct RunFlags {
     /// Print how long each phase took.
     #[arg(long)]
     pub timings: bool,
+    /// The VMM's own seccomp filters: 2 (the default) allowlists of system calls and their arguments, 1 system
+    /// calls only, 0 none (to debug the VMM only: a guest that breaks out of a device reaches every system call).
+    #[arg(long, value_name = "0|1|2", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub seccomp_level: u8,
 
     /// Not supported (Docker's --publish).
     #[arg(short = 'p', long = "publish", hide = true)]
@@ -211,6 +215,7 @@ pub fn to_options(a: RunFlags, image: String, command: Vec<String>) -> anyhow::R
     o.hostname = a.hostname;
     o.kernel = a.kernel;
     o.timings = a.timings;
+    o.vmm_seccomp = vmm::seccomp::SeccompLevel::try_from(a.seccomp_level)?;
     if o.detach && o.interactive {
         anyhow::bail!("-i cannot be combined with -d: a detached sandbox has no stdin to forward");
     }
@@ -220,6 +225,12 @@ pub fn to_options(a: RunFlags, image: String, command: Vec<String>) -> anyhow::R
 /// Runs `mvrun run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = to_options(args.flags, args.image, args.command)?;
+    if options.vmm_seccomp == vmm::seccomp::SeccompLevel::Off {
+        eprintln!(
+            "mvrun: warning: --seccomp-level 0: the VMM runs without its seccomp filters; use this only to debug \
+             the VMM"
+        );
+    }
     if !options.detach {
         mvrun::sandbox::terminal::check_input(
             options.interactive,

@@ -44,6 +44,9 @@ pub struct BootArgs {
     /// Print the VMM's own timings and memory to stderr when the VM ends.
     #[arg(long)]
     pub timings: bool,
+    /// The VMM's seccomp filters: 2 system calls and arguments (the default), 1 system calls, 0 none (debugging).
+    #[arg(long, value_name = "0|1|2", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub seccomp_level: u8,
     /// Check the configuration and build the whole VM (KVM, memory, kernel, devices, vCPUs), then exit without
     /// running it.
     #[arg(long)]
@@ -69,6 +72,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         },
         mem_mib: args.mem,
         vcpus: args.vcpus,
+        seccomp: vmm::seccomp::SeccompLevel::try_from(args.seccomp_level)?,
         ..Default::default()
     };
     let vmm = vmm::build_vm(&config, Box::new(std::io::stdout()), start)

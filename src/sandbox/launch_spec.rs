@@ -53,6 +53,13 @@ pub struct LaunchSpec {
     pub timings: bool,
     /// Phases the CLI already measured (name, duration).
     pub cli_phases: Vec<(String, Duration)>,
+    /// The VMM threads' seccomp filters: 0 off, 1 system calls, 2 system calls and arguments (the default).
+    #[serde(default = "default_vmm_seccomp_level")]
+    pub vmm_seccomp_level: u8,
+}
+
+fn default_vmm_seccomp_level() -> u8 {
+    vmm::seccomp::SeccompLevel::default().as_u8()
 }
 
 /// Environment variable: guest-init's log filter (`mvrun.log=` on the guest's command line), e.g. `info`; its

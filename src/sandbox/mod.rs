@@ -151,6 +151,7 @@ fn write_spec(
         boot_timeout_secs: boot_timeout()?,
         timings: options.timings,
         cli_phases,
+        vmm_seccomp_level: options.vmm_seccomp.as_u8(),
     };
     let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
     Ok(state::write_atomic(&dir.spec_path(), &json)?)
@@ -287,10 +288,34 @@ fn start_vmm(dir: &state::SandboxDir, id: &str, options: &RunOptions) -> Result<
     let mut child = cmd.spawn().map_err(spawn_err)?;
     terminal::forward_signals(child.id());
     let status = child.wait().map_err(spawn_err)?;
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        // The supervisor could not record its own end: say why here.
+        let msg = vmm_killed_message(sig);
+        eprintln!("mvrun: error: {msg}");
+        let _ = dir.update(|r| {
+            r.status = state::Status::Exited;
+            r.pid = None;
+            r.exit_code = Some(i32::from(EXIT_MVRUN_FAILED));
+            r.exit_reason = Some(msg);
+        });
+        return Ok(EXIT_MVRUN_FAILED);
+    }
     Ok(status
         .code()
         .and_then(|c| u8::try_from(c).ok())
         .unwrap_or(EXIT_MVRUN_FAILED))
+}
+
+/// Why the sandbox's VMM process ended on signal `sig`, for the user.
+pub fn vmm_killed_message(sig: i32) -> String {
+    if sig == libc::SIGSYS {
+        "the sandbox's VMM was killed by its seccomp filter (SIGSYS, bad system call): it made a system call \
+         outside its allowlist, a VMM bug or a guest attacking it; `dmesg | grep syscall=` names the call, \
+         docs/vmm-seccomp.md tells how to proceed"
+            .to_string()
+    } else {
+        format!("the sandbox's VMM was killed by signal {sig}")
+    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,8 @@ pub struct RunOptions {
     pub kernel: Option<PathBuf>,
     /// Print per-phase timings.
     pub timings: bool,
+    /// The VMM's own seccomp filters (`--seccomp-level`; on unless turned off to debug the VMM).
+    pub vmm_seccomp: vmm::seccomp::SeccompLevel,
 }
 
 impl RunOptions {
@@ -165,6 +167,7 @@ impl RunOptions {
             hostname: None,
             kernel: None,
             timings: false,
+            vmm_seccomp: Default::default(),
         }
     }
 

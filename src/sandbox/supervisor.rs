@@ -157,6 +157,14 @@ fn run(
     exit.signal(vmm::VmExit::Stopped);
     let outcome = vm_thread.join().ok();
     phases.push(("teardown".into(), teardown.elapsed()));
+    if let Some(first) = outcome.as_ref().and_then(|o| o.timings.first_kvm_run) {
+        // After the VMM setup: it includes starting the vCPU threads and installing their seccomp filters.
+        let at = phases
+            .iter()
+            .position(|(n, _)| n == "VMM setup")
+            .map_or(phases.len(), |i| i + 1);
+        phases.insert(at, ("launch to first KVM_RUN".into(), first));
+    }
     if let Some(boot) = outcome.as_ref().and_then(|o| o.timings.boot_timer) {
         // Shown where it happened: after the VMM setup, before the agent answered.
         let at = phases
@@ -205,6 +213,8 @@ fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
         // Rate limits are the VMM's (vmm::rate_limiter); mvrun run does not set them yet.
         block_rate: Default::default(),
         net_rate: Default::default(),
+        // A level the spec cannot name leaves the filters on.
+        seccomp: vmm::seccomp::SeccompLevel::try_from(spec.vmm_seccomp_level).unwrap_or_default(),
     }
 }
 

@@ -95,6 +95,7 @@ impl Vm {
             boot_timeout_secs,
             timings: false,
             cli_phases: Vec::new(),
+            vmm_seccomp_level: vmm::seccomp::SeccompLevel::default().as_u8(),
         };
         let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
         if let Err(e) = crate::sandbox::state::write_atomic(&dir.spec_path(), &json) {

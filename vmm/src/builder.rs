@@ -66,6 +66,9 @@ pub enum BuildError {
     /// The command line with the device entries is too long.
     #[error(transparent)]
     Cmdline(config::Error),
+    /// The seccomp filters could not be compiled.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     /// An eventfd, irqfd or the event loop could not be set up.
     #[error("failed to set up the {what}")]
     Event {
@@ -88,6 +91,7 @@ fn io_err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> BuildError {
 /// for the boot timer.
 pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Result<Vmm, BuildError> {
     config.validate()?;
+    let seccomp = crate::seccomp::Filters::new(config.seccomp)?;
     let kvm = vm::open_kvm()?;
     let mem_size = config.mem_bytes();
     let guest_memory = memory::create(mem_size)?;
@@ -151,6 +155,7 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         exit,
         event_loop,
         boot_time,
+        seccomp,
         start,
         setup_done: Instant::now(),
     })

@@ -61,6 +61,8 @@ pub struct VmConfig {
     pub block_rate: crate::rate_limiter::RateLimit,
     /// Rate limit of virtio-net, each direction on its own (none by default).
     pub net_rate: crate::rate_limiter::RateLimit,
+    /// The VMM threads' seccomp filters (on by default; off only to debug the VMM).
+    pub seccomp: crate::seccomp::SeccompLevel,
 }
 
 impl Default for VmConfig {
@@ -79,6 +81,7 @@ impl Default for VmConfig {
             rng: false,
             block_rate: Default::default(),
             net_rate: Default::default(),
+            seccomp: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod loader;
 pub mod rate_limiter;
+pub mod seccomp;
 pub mod vstate;
 
 pub use builder::{build_vm, BuildError};
@@ -65,6 +66,7 @@ pub struct Vmm {
     exit: Arc<ExitSignal>,
     event_loop: EventLoop,
     boot_time: Arc<OnceLock<Duration>>,
+    seccomp: seccomp::Filters,
     start: Instant,
     setup_done: Instant,
 }
@@ -86,6 +88,10 @@ impl Vmm {
     }
 
     /// Runs the guest until it ends or `timeout` passes, then stops every vCPU.
+    ///
+    /// The vCPUs and the event loop run on threads of their own, each under its seccomp filter
+    /// ([`seccomp`]); the calling thread only waits, and drops the VM (closing its fds, unmapping guest memory,
+    /// removing the vsock socket file) with no filter of the VMM's.
     pub fn run(mut self, timeout: Option<Duration>) -> RunOutcome {
         let rss = rss_kib();
         let guest_resident = guest_resident_kib(&self.guest_memory);
@@ -97,9 +103,54 @@ impl Vmm {
             first_run: Arc::new(OnceLock::new()),
             stopped_rip: Arc::new((0..self.vcpus.len()).map(|_| Default::default()).collect()),
         };
+        let exit_signal = self.exit.clone();
+        let served = std::thread::scope(|scope| {
+            let serve = std::thread::Builder::new()
+                .name("vmm-events".into())
+                .spawn_scoped(scope, || self.serve(&shared, timeout));
+            match serve.map(|h| h.join()) {
+                Ok(Ok(timed_out)) => timed_out,
+                Ok(Err(_)) => {
+                    exit_signal.signal(VmExit::VcpuError {
+                        vcpu: 0,
+                        message: "the event-loop thread panicked".into(),
+                    });
+                    false
+                }
+                Err(e) => {
+                    exit_signal.signal(VmExit::VcpuError {
+                        vcpu: 0,
+                        message: format!("failed to start the event-loop thread: {e}"),
+                    });
+                    false
+                }
+            }
+        });
+        let exit = self.exit.reason().unwrap_or(VmExit::Stopped);
+        RunOutcome {
+            exit,
+            timed_out: served,
+            stopped_rips: shared
+                .stopped_rip
+                .iter()
+                .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+                .collect(),
+            timings: Timings {
+                setup: self.setup_done - self.start,
+                first_kvm_run: shared.first_run.get().map(|t| *t - self.start),
+                boot_timer: self.boot_time.get().copied(),
+                rss_before_run_kib: rss,
+                guest_resident_kib: guest_resident,
+            },
+        }
+    }
+
+    /// The event-loop thread: starts the vCPUs, installs its own filter, serves events until the VM ends, stops
+    /// the vCPUs. Returns whether the timeout ended the VM.
+    fn serve(&mut self, shared: &vstate::vcpu::VcpuShared, timeout: Option<Duration>) -> bool {
         let mut threads = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
-            match vcpu.start(shared.clone()) {
+            match vcpu.start(shared.clone(), self.seccomp.vcpu.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.exit.signal(VmExit::VcpuError {
@@ -109,6 +160,20 @@ impl Vmm {
                     break;
                 }
             }
+        }
+        #[cfg(debug_assertions)]
+        let forbidden = seccomp::forbidden_syscall_requested();
+        if let Some(filter) = &self.seccomp.event_loop {
+            if let Err(e) = seccomp::install(seccomp::ThreadKind::EventLoop, filter) {
+                self.exit.signal(VmExit::VcpuError {
+                    vcpu: 0,
+                    message: ErrorChain(&e).to_string(),
+                });
+            }
+        }
+        #[cfg(debug_assertions)]
+        if forbidden {
+            seccomp::make_forbidden_syscall();
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut timed_out = false;
@@ -134,23 +199,22 @@ impl Vmm {
             }
         }
         vstate::vcpu::stop_all(&shared.stop, threads);
-        let exit = self.exit.reason().unwrap_or(VmExit::Stopped);
-        RunOutcome {
-            exit,
-            timed_out,
-            stopped_rips: shared
-                .stopped_rip
-                .iter()
-                .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
-                .collect(),
-            timings: Timings {
-                setup: self.setup_done - self.start,
-                first_kvm_run: shared.first_run.get().map(|t| *t - self.start),
-                boot_timer: self.boot_time.get().copied(),
-                rss_before_run_kib: rss,
-                guest_resident_kib: guest_resident,
-            },
+        timed_out
+    }
+}
+
+/// Formats an error with its sources: "outer: inner: ...".
+pub(crate) struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
         }
+        Ok(())
     }
 }
 

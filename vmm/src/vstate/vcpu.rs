@@ -130,12 +130,28 @@ enum Next {
 }
 
 impl Vcpu {
-    /// Starts the vCPU's thread.
-    pub fn start(self, shared: VcpuShared) -> Result<JoinHandle<()>, Error> {
+    /// Starts the vCPU's thread, which installs `filter` (the vCPU seccomp filter, if any) before it enters the
+    /// guest.
+    pub fn start(
+        self,
+        shared: VcpuShared,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
+    ) -> Result<JoinHandle<()>, Error> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run(shared))
+            .spawn(move || {
+                if let Some(f) = filter {
+                    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu, &f) {
+                        shared.exit.signal(VmExit::VcpuError {
+                            vcpu: index,
+                            message: crate::ErrorChain(&e).to_string(),
+                        });
+                        return;
+                    }
+                }
+                self.run(shared)
+            })
             .map_err(|source| Error::Spawn { index, source })
     }
 
