@@ -167,6 +167,39 @@ fn guest_memory_limit_kills_with_137() {
     assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
 }
 
+/// No real boot: the VMM's event-loop thread makes a forbidden system call right after installing its seccomp
+/// filter (a hook of debug builds), the kernel kills the VMM process with SIGSYS, and mvrun says so with 125.
+#[test]
+fn guest_vmm_forbidden_syscall_is_killed_and_reported() {
+    require_full_path!();
+    if !cfg!(debug_assertions) {
+        eprintln!("SKIP: the forbidden-call hook exists only in debug builds");
+        return;
+    }
+    let name = format!("fp-sys-{:06x}", rand::random::<u32>() & 0xffffff);
+    let start = Instant::now();
+    let o = mvrun(&["run", "--name", &name, "busybox", "true"])
+        .env("MVRUN_VMM_TEST_FORBIDDEN_SYSCALL", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn mvrun");
+    let err = stderr(&o);
+    eprintln!("{:?} in {:?}\nstderr: {err}", o.status, start.elapsed());
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("seccomp") && err.contains("bad system call"),
+        "{err}"
+    );
+    let ps = run(&["ps", "-a"]);
+    let line = stdout(&ps)
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("Exited"), "{line}");
+    assert_eq!(run(&["rm", &name]).status.code(), Some(0));
+}
+
 /// One boot: a detached sandbox, its logs, an exec into it, and stop.
 #[test]
 fn guest_detached_logs_exec_and_stop() {

@@ -338,6 +338,20 @@ mod tests {
     }
 
     #[test]
+    fn vmm_seccomp_is_on_unless_turned_off() {
+        use vmm::seccomp::SeccompLevel;
+        assert_eq!(
+            parse(&["busybox"]).unwrap().vmm_seccomp,
+            SeccompLevel::Arguments
+        );
+        let o = parse(&["--seccomp-level", "0", "busybox"]).unwrap();
+        assert_eq!(o.vmm_seccomp, SeccompLevel::Off);
+        let o = parse(&["--seccomp-level", "1", "busybox"]).unwrap();
+        assert_eq!(o.vmm_seccomp, SeccompLevel::Syscalls);
+        assert!(parse(&["--seccomp-level", "3", "busybox"]).is_err());
+    }
+
+    #[test]
     fn arguments_after_the_image_belong_to_the_workload() {
         let o = parse(&["busybox", "ls", "-l", "--rm"]).unwrap();
         assert!(!o.remove);

@@ -289,15 +289,19 @@ fn start_vmm(dir: &state::SandboxDir, id: &str, options: &RunOptions) -> Result<
     terminal::forward_signals(child.id());
     let status = child.wait().map_err(spawn_err)?;
     if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
-        // The supervisor could not record its own end: say why here.
+        // The supervisor could not record its own end or clean up: do it here.
         let msg = vmm_killed_message(sig);
         eprintln!("mvrun: error: {msg}");
-        let _ = dir.update(|r| {
+        state::cleanup_runtime_files(dir);
+        let record = dir.update(|r| {
             r.status = state::Status::Exited;
             r.pid = None;
             r.exit_code = Some(i32::from(EXIT_MVRUN_FAILED));
             r.exit_reason = Some(msg);
         });
+        if record.is_ok_and(|r| r.auto_remove) {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
         return Ok(EXIT_MVRUN_FAILED);
     }
     Ok(status

@@ -192,7 +192,7 @@ pub fn event_loop() -> Vec<Allowed> {
             SYS_ioctl,
             Args::OneOf {
                 arg: 1,
-                values: vec![libc::FIONBIO as u64]
+                values: vec![libc::FIONBIO]
             },
             "set_nonblocking on accepted vsock streams"
         ),
