@@ -136,3 +136,79 @@ fn a_forbidden_call_is_let_through_at_level_0() {
     assert_eq!(outcome.exit, VmExit::Reset);
     assert_eq!(text, "ok\n");
 }
+
+/// What the filters cost at start: from the end of VM setup to the first KVM_RUN (starting the event-loop and
+/// vCPU threads, which compile nothing but install their filters), median of 30 runs per level.
+/// `cargo nextest run -p vmm --release --test seccomp --run-ignored only --no-capture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn bench_setup_to_first_kvm_run() {
+    if !kvm_usable() {
+        return;
+    }
+    for level in [
+        SeccompLevel::Off,
+        SeccompLevel::Syscalls,
+        SeccompLevel::Arguments,
+    ] {
+        let mut us: Vec<f64> = (0..30)
+            .map(|_| {
+                let (o, _) = run(print_and_reset(), level, Duration::from_secs(20));
+                let first = o.timings.first_kvm_run.expect("the guest ran");
+                (first - o.timings.setup).as_secs_f64() * 1e6
+            })
+            .collect();
+        us.sort_by(f64::total_cmp);
+        println!(
+            "seccomp level {}: setup -> first KVM_RUN median {:.0} us (min {:.0}, max {:.0})",
+            level.as_u8(),
+            us[us.len() / 2],
+            us[0],
+            us[us.len() - 1]
+        );
+    }
+}
+
+/// The filters' own cost: compiling all of them (done once in `build_vm`) and installing one in a fresh thread
+/// (done by each vCPU and the event loop before the guest runs), median of 200.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn bench_compile_and_install() {
+    use vmm::seccomp::{compile, install, Filters, ThreadKind};
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let compile_us = median(
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                let f = Filters::new(SeccompLevel::Arguments).unwrap();
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                assert!(f.vcpu.is_some());
+                us
+            })
+            .collect(),
+    );
+    let vcpu = compile(ThreadKind::Vcpu, SeccompLevel::Arguments)
+        .unwrap()
+        .unwrap();
+    let install_us = median(
+        (0..200)
+            .map(|_| {
+                let p = vcpu.clone();
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    install(ThreadKind::Vcpu, &p).unwrap();
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .join()
+                .unwrap()
+            })
+            .collect(),
+    );
+    println!(
+        "compile vCPU + event-loop filters: {compile_us:.1} us; install one ({} BPF instructions): {install_us:.1} us",
+        vcpu.len()
+    );
+}
