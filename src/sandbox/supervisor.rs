@@ -157,14 +157,6 @@ fn run(
     exit.signal(vmm::VmExit::Stopped);
     let outcome = vm_thread.join().ok();
     phases.push(("teardown".into(), teardown.elapsed()));
-    if let Some(first) = outcome.as_ref().and_then(|o| o.timings.first_kvm_run) {
-        // After the VMM setup: it includes starting the vCPU threads and installing their seccomp filters.
-        let at = phases
-            .iter()
-            .position(|(n, _)| n == "VMM setup")
-            .map_or(phases.len(), |i| i + 1);
-        phases.insert(at, ("launch to first KVM_RUN".into(), first));
-    }
     if let Some(boot) = outcome.as_ref().and_then(|o| o.timings.boot_timer) {
         // Shown where it happened: after the VMM setup, before the agent answered.
         let at = phases
