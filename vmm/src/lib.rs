@@ -104,13 +104,15 @@ impl Vmm {
             stopped_rip: Arc::new((0..self.vcpus.len()).map(|_| Default::default()).collect()),
         };
         let exit_signal = self.exit.clone();
-        let served = std::thread::scope(|scope| {
+        let timed_out = std::thread::scope(|scope| {
             let serve = std::thread::Builder::new()
                 .name("vmm-events".into())
                 .spawn_scoped(scope, || self.serve(&shared, timeout));
             match serve.map(|h| h.join()) {
                 Ok(Ok(timed_out)) => timed_out,
                 Ok(Err(_)) => {
+                    // Its vCPU handles are gone with it: the vCPUs leave at their next exit.
+                    shared.stop.store(true, std::sync::atomic::Ordering::Release);
                     exit_signal.signal(VmExit::VcpuError {
                         vcpu: 0,
                         message: "the event-loop thread panicked".into(),
@@ -129,7 +131,7 @@ impl Vmm {
         let exit = self.exit.reason().unwrap_or(VmExit::Stopped);
         RunOutcome {
             exit,
-            timed_out: served,
+            timed_out,
             stopped_rips: shared
                 .stopped_rip
                 .iter()
