@@ -112,7 +112,9 @@ impl Vmm {
                 Ok(Ok(timed_out)) => timed_out,
                 Ok(Err(_)) => {
                     // Its vCPU handles are gone with it: the vCPUs leave at their next exit.
-                    shared.stop.store(true, std::sync::atomic::Ordering::Release);
+                    shared
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::Release);
                     exit_signal.signal(VmExit::VcpuError {
                         vcpu: 0,
                         message: "the event-loop thread panicked".into(),

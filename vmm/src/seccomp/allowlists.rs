@@ -144,6 +144,10 @@ pub fn vcpu() -> Vec<Allowed> {
             values: vec![KVM_RUN, KVM_GET_REGS],
         },
         "KVM_RUN enters the guest; KVM_GET_REGS reads RIP when the VM stops or fails"
+    ), allow!(
+        SYS_epoll_ctl,
+        Args::OneOf { arg: 1, values: vec![libc::EPOLL_CTL_DEL as u64] },
+        "the guest resets vsock by an MMIO write, served here: its connections leave the backend's epoll"
     )]);
     list
 }
