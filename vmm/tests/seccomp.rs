@@ -212,3 +212,59 @@ fn bench_compile_and_install() {
         vcpu.len()
     );
 }
+
+/// The pattern the `rest` list is for (the VMM process's main thread): the VM runs on a thread started before the
+/// filter goes on (a filter is inherited by threads started later, so `Vmm::run`'s own threads must not be
+/// started under it), the main thread installs the `rest` filter, waits, reports the outcome on stdout and exits.
+/// Checked in a re-executed child: a call outside the list would kill it with SIGSYS.
+#[test]
+fn a_main_thread_under_the_rest_filter_waits_reports_and_exits() {
+    if !kvm_usable() {
+        return;
+    }
+    const NAME: &str = "a_main_thread_under_the_rest_filter_waits_reports_and_exits";
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        // The parent's directory: removing it would take a call the list does not need.
+        let dir = std::path::PathBuf::from(dir);
+        let console = Console::default();
+        let config = VmConfig {
+            payload: Payload::Raw {
+                code: print_and_reset(),
+                mode: RawMode::Real,
+            },
+            mem_mib: 16,
+            vcpus: 2,
+            vsock: Some(vmm::config::VsockConfig {
+                guest_cid: 3,
+                uds_path: dir.join("v.sock"),
+            }),
+            rng: true,
+            ..Default::default()
+        };
+        let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
+        let runner = std::thread::spawn(move || vmm.run(Some(Duration::from_secs(20))));
+        vmm::seccomp::apply(vmm::seccomp::ThreadKind::Rest, SeccompLevel::Arguments).unwrap();
+        let outcome = runner.join().unwrap();
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        writeln!(out, "CHILD-OUTCOME {:?} {:?}", outcome.exit, console.text()).unwrap();
+        out.flush().unwrap();
+        std::process::exit(0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .output()
+        .expect("re-run this test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("CHILD-OUTCOME Reset \"ok\\n\""), "{stdout}");
+    // The VM's drop, on the runner thread, removed the vsock socket.
+    assert!(!dir.path().join("v.sock").exists());
+}
