@@ -221,8 +221,8 @@ fn vmm_confinement() -> Finding {
     Finding::new(
         "host.vmm-confinement",
         Status::Warn,
-        "the VMM runs without its own seccomp filters and jail in this build",
-        "keep the host patched; the VMM's seccomp filters and jailer are tracked work",
+        "the VMM's threads run under their own seccomp allowlists, but the VMM is not jailed in this build",
+        "keep the host patched; the VMM's jail is tracked work",
     )
 }
 

@@ -2,6 +2,7 @@
 
 use super::{Finding, Status};
 use crate::sandbox::options::{Network, RunOptions, Seccomp};
+use vmm::seccomp::SeccompLevel;
 
 /// Docker's default capability set (moby's `oci/caps/defaults.go`): what a container keeps without `--cap-add`.
 pub const DOCKER_DEFAULT_CAPS: [&str; 14] = [
@@ -43,6 +44,7 @@ pub fn check(o: &RunOptions) -> Vec<Finding> {
     vec![
         capabilities(o),
         seccomp(o),
+        vmm_seccomp(o),
         no_new_privileges(o),
         memory_limit(o),
         pids_limit(o),
@@ -110,6 +112,28 @@ fn seccomp(o: &RunOptions) -> Finding {
             Status::Fail,
             "seccomp=unconfined: every system call of the guest kernel is reachable",
             "remove --security-opt seccomp=unconfined",
+        ),
+    }
+}
+
+fn vmm_seccomp(o: &RunOptions) -> Finding {
+    let id = "run.vmm-seccomp";
+    match o.vmm_seccomp {
+        SeccompLevel::Arguments => Finding::pass(
+            id,
+            "the VMM's seccomp filters check system calls and their arguments",
+        ),
+        SeccompLevel::Syscalls => Finding::new(
+            id,
+            Status::Warn,
+            "--seccomp-level 1: the VMM's seccomp filters check system calls but not their arguments",
+            "remove --seccomp-level (2 is the default)",
+        ),
+        SeccompLevel::Off => Finding::new(
+            id,
+            Status::Fail,
+            "--seccomp-level 0: a guest that takes over the VMM reaches every host system call",
+            "remove --seccomp-level 0: it is for debugging the VMM only",
         ),
     }
 }
@@ -227,6 +251,7 @@ mod tests {
         for id in [
             "run.capabilities",
             "run.seccomp",
+            "run.vmm-seccomp",
             "run.no-new-privileges",
             "run.pids-limit",
             "run.network",
@@ -251,6 +276,7 @@ mod tests {
     fn weakened_options_are_flagged() {
         let mut o = RunOptions::new("busybox");
         o.seccomp = Seccomp::Unconfined;
+        o.vmm_seccomp = SeccompLevel::Off;
         o.no_new_privileges = false;
         o.pids_limit = -1;
         o.network = Network::Tap {
@@ -259,6 +285,7 @@ mod tests {
         };
         o.user = Some("root".into());
         assert_eq!(find(&o, "run.seccomp").status, Status::Fail);
+        assert_eq!(find(&o, "run.vmm-seccomp").status, Status::Fail);
         assert_eq!(find(&o, "run.no-new-privileges").status, Status::Warn);
         assert_eq!(find(&o, "run.pids-limit").status, Status::Warn);
         assert_eq!(find(&o, "run.network").status, Status::Warn);
