@@ -34,6 +34,9 @@ pub struct LaunchSpec {
     pub mem_mib: u64,
     /// vCPUs.
     pub vcpus: u8,
+    /// `--cpus` as given (the VMM's CPU quota); `vcpus` when absent.
+    #[serde(default)]
+    pub cpus: Option<f64>,
     /// Read-only rootfs image.
     pub rootfs: PathBuf,
     /// Writable scratch disk for the container's writable layer (else a tmpfs in guest RAM).

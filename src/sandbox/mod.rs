@@ -2,17 +2,21 @@
 //! and the containerd shim) call this module; neither holds a second copy of the logic.
 //!
 //! One `mvrun run` makes a sandbox directory under the runtime root, writes a [`launch_spec::LaunchSpec`] there,
-//! and starts one small process for the sandbox: `mvrun-vmm`, which is the VMM and the sandbox's supervisor
-//! ([`supervisor`]). A foreground run waits for it and exits with its code; a detached one leaves it running.
+//! and starts one small process for the sandbox: `mvrun-vmm`, the sandbox's supervisor ([`supervisor`]), which
+//! runs the VMM as its jailed child ([`vmm_process`], [`jail`], [`cgroup`]). A foreground run waits for it and
+//! exits with its code; a detached one leaves it running.
 
+pub mod cgroup;
 pub mod control;
 pub mod initramfs;
+pub mod jail;
 pub mod launch_spec;
 pub mod options;
 pub mod scratch;
 pub mod state;
 pub mod supervisor;
 pub mod terminal;
+pub mod vmm_process;
 pub mod workload;
 
 use crate::kernel::{self, Variant};
@@ -135,6 +139,7 @@ fn write_spec(
         initrd,
         mem_mib: options.guest_mem_mib(),
         vcpus: options.vcpus(),
+        cpus: options.cpus,
         rootfs,
         scratch,
         tap: match &options.network {

@@ -126,9 +126,18 @@ impl SandboxDir {
     pub fn record_path(&self) -> PathBuf {
         self.path.join("state.json")
     }
+    /// The socket directory the jailed VMM shares with the host: the vsock socket and any `vsock.sock_<port>`
+    /// listeners for guest-initiated connections.
+    pub fn vm_dir(&self) -> PathBuf {
+        self.path.join("vm")
+    }
     /// The vsock unix socket (Firecracker hybrid vsock).
     pub fn vsock_path(&self) -> PathBuf {
-        self.path.join("vsock.sock")
+        self.vm_dir().join("vsock.sock")
+    }
+    /// Where the VMM's jail root is mounted, in the VMM's own mount namespace (an empty directory on the host).
+    pub fn jail_root(&self) -> PathBuf {
+        self.path.join("root")
     }
     /// The guest's serial console log.
     pub fn console_log(&self) -> PathBuf {
@@ -369,9 +378,16 @@ impl StateDir {
     }
 }
 
-/// Removes what only a live sandbox needs (sockets, the scratch disk), keeping its record and logs for `ps -a`
-/// and `logs`.
+/// Removes what only a live sandbox needs (sockets, the scratch disk, the VMM's jail mountpoint and cgroup),
+/// keeping its record and logs for `ps -a` and `logs`.
 pub fn cleanup_runtime_files(dir: &SandboxDir) {
+    let _ = fs::remove_dir_all(dir.vm_dir());
+    let _ = fs::remove_dir(dir.jail_root());
+    if let Some(id) = dir.path().file_name().and_then(|n| n.to_str()) {
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            crate::sandbox::cgroup::remove(id);
+        }
+    }
     if let Ok(entries) = fs::read_dir(dir.path()) {
         for e in entries.flatten() {
             let name = e.file_name();
@@ -444,6 +460,8 @@ mod tests {
     fn a_running_sandbox_whose_supervisor_is_gone_is_marked_exited() {
         let (_t, s) = state();
         let (dir, _) = s.create(Some("crashed"), "busybox", &[], false).unwrap();
+        std::fs::create_dir(dir.vm_dir()).unwrap();
+        std::fs::create_dir(dir.jail_root()).unwrap();
         std::fs::write(dir.vsock_path(), b"").unwrap();
         std::fs::write(dir.path().join(crate::sandbox::scratch::FILE_NAME), b"").unwrap();
         // A pid that exists but is not this sandbox's supervisor: our own.
@@ -455,7 +473,8 @@ mod tests {
         let (_, rec) = s.find("crashed").unwrap();
         assert_eq!(rec.status, Status::Exited);
         assert_eq!(rec.exit_code, Some(EXIT_UNKNOWN));
-        assert!(!dir.vsock_path().exists(), "stale sockets are removed");
+        assert!(!dir.vm_dir().exists(), "stale sockets are removed");
+        assert!(!dir.jail_root().exists(), "the jail's mountpoint is removed");
         assert!(
             !dir.path().join(crate::sandbox::scratch::FILE_NAME).exists(),
             "a dead sandbox's scratch disk is removed"

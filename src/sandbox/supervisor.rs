@@ -1,26 +1,24 @@
-//! The per-sandbox VMM process (`mvrun-vmm`): builds the microVM, runs it, and drives the guest agent from
-//! outside: it starts the workload, carries its stdio, forwards signals and window sizes, collects the exit code,
-//! then shuts the guest down. It owns the sandbox's runtime directory while it runs and records how it ended.
+//! The sandbox's supervisor (`mvrun-vmm`, the keeper): starts the VMM as its jailed child process
+//! ([`super::vmm_process`]) and drives the guest agent from outside: it starts the workload, carries its stdio,
+//! forwards signals and window sizes, collects the exit code, then shuts the guest down and reaps the VMM. It owns
+//! the sandbox's runtime directory while it runs and records how it ended.
 
 use super::launch_spec::{LaunchSpec, StdioMode};
 use super::state::{self, SandboxDir, Status};
 use super::terminal;
+use super::vmm_process::{self, VmmProcess};
 use agent_protocol::{hybrid, Client, StreamKind, CONTROL_PORT, WORKLOAD};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vmm::exit::ExitSignal;
 
 /// How long the streams may drain after the workload exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the guest may take to reset after `Shutdown`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-/// The guest's CID on its vsock device.
-pub const GUEST_CID: u64 = 3;
 
 /// Errors of the supervisor; every one ends the sandbox with exit code 125.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +32,9 @@ pub enum Error {
     /// A file could not be opened.
     #[error("failed to open {0}")]
     Open(std::path::PathBuf, #[source] std::io::Error),
-    /// The VM could not be built.
-    #[error("failed to start the microVM")]
-    Build(#[source] vmm::BuildError),
+    /// The VMM process could not be started, or failed before the guest ran.
+    #[error(transparent)]
+    Vmm(vmm_process::Error),
     /// The guest ended before its agent answered.
     #[error("the guest ended before its agent started ({exit}); last console lines:\n{console}")]
     GuestEnded {
@@ -112,36 +110,43 @@ fn run(
     started: Instant,
     phases: &mut Vec<(String, Duration)>,
 ) -> Result<i32, Error> {
+    // Blocked before the VMM process starts: it inherits the mask and takes SIGTERM itself.
     let signals = block_signals();
-    let console = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.console_log())
-        .map_err(|e| Error::Open(dir.console_log(), e))?;
-    let config = vm_config(dir, spec);
-    let vmm = vmm::build_vm(&config, Box::new(console), started).map_err(Error::Build)?;
-    let exit = vmm.exit_handle();
-    let vm_thread = std::thread::Builder::new()
-        .name("vmm".into())
-        .spawn(move || vmm.run(None))
-        .map_err(|e| Error::Open("vmm thread".into(), e))?;
+    let vmm = VmmProcess::spawn(dir, spec).map_err(Error::Vmm)?;
+    match vmm.wait_ready() {
+        Ok(vmm_process::Report::Ready {
+            jail: Some(jail), ..
+        }) => phases.push(("VMM launch to jail in place".into(), jail)),
+        Ok(_) => {}
+        Err(e) => {
+            vmm.kill();
+            vmm.reap();
+            return Err(match e {
+                vmm_process::Error::Failed(msg) => Error::Vmm(vmm_process::Error::Failed(
+                    format!("{msg}{}", tail_suffix(dir)),
+                )),
+                other => Error::Vmm(other),
+            });
+        }
+    }
     phases.push(("VMM setup".into(), started.elapsed()));
 
     if spec.stdio == StdioMode::External {
         // Someone else talks to the agent; the VM runs until the guest resets or this process is killed.
-        return match vm_thread.join() {
-            Ok(o) if o.exit.is_clean() => Ok(0),
-            Ok(o) => Err(Error::GuestEnded {
-                exit: o.exit.to_string(),
+        vmm.wait_ended(None);
+        return match vmm.reap() {
+            Some(e) if e.clean => Ok(0),
+            Some(e) => Err(Error::GuestEnded {
+                exit: e.exit,
                 console: console_tail(dir),
             }),
-            Err(_) => Err(Error::GuestEnded {
-                exit: "the VMM thread panicked".into(),
+            None => Err(Error::GuestEnded {
+                exit: "the VMM process died".into(),
                 console: console_tail(dir),
             }),
         };
     }
-    let session = session(dir, spec, &exit, signals, phases);
+    let session = session(dir, spec, &vmm, signals, phases);
 
     // Whatever happened, end the guest: ask nicely, then stop the VM.
     let teardown = Instant::now();
@@ -149,75 +154,32 @@ fn run(
         if let Ok(mut c) = connect_control(dir) {
             let _ = c.shutdown();
         }
+        vmm.wait_ended(Some(SHUTDOWN_TIMEOUT));
     }
-    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-    while exit.reason().is_none() && Instant::now() < deadline && session.is_ok() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    exit.signal(vmm::VmExit::Stopped);
-    let outcome = vm_thread.join().ok();
+    vmm.stop();
+    let outcome = vmm.reap();
     phases.push(("teardown".into(), teardown.elapsed()));
-    if let Some(boot) = outcome.as_ref().and_then(|o| o.timings.boot_timer) {
-        // Shown where it happened: after the VMM setup, before the agent answered.
-        let at = phases
-            .iter()
-            .position(|(n, _)| n == "guest boot to agent")
-            .unwrap_or(phases.len());
+    // Shown where they happened: after the VMM setup, before the agent answered.
+    let at = phases
+        .iter()
+        .position(|(n, _)| n == "guest boot to agent")
+        .unwrap_or(phases.len());
+    if let Some(boot) = outcome.as_ref().and_then(|o| o.boot_timer) {
         phases.insert(at, ("kernel boot to init (boot timer)".into(), boot));
+    }
+    if let Some(first) = outcome.as_ref().and_then(|o| o.first_kvm_run) {
+        phases.insert(at, ("VMM launch to first KVM_RUN".into(), first));
     }
     session
 }
 
-fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
-    vmm::VmConfig {
-        payload: vmm::Payload::Kernel {
-            kernel: spec.kernel.clone(),
-            initrd: Some(spec.initrd.clone()),
-            cmdline: spec.cmdline.clone(),
-        },
-        mem_mib: spec.mem_mib,
-        vcpus: spec.vcpus,
-        // The rootfs first: the guest names disks in this order (vda, vdb), as the command line expects.
-        block: std::iter::once(vmm::config::BlockConfig {
-            path: spec.rootfs.clone(),
-            read_only: true,
-            id: "rootfs".into(),
-        })
-        .chain(spec.scratch.iter().map(|path| vmm::config::BlockConfig {
-            path: path.clone(),
-            read_only: false,
-            id: "scratch".into(),
-        }))
-        .collect(),
-        vsock: Some(vmm::config::VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: dir.vsock_path(),
-        }),
-        net: spec
-            .tap
-            .as_ref()
-            .map(|(name, netns)| vmm::config::NetConfig {
-                tap_name: name.clone(),
-                netns: netns.clone(),
-                mac: guest_mac(&spec.id),
-            }),
-        rng: true,
-        // Rate limits are the VMM's (vmm::rate_limiter); mvrun run does not set them yet.
-        block_rate: Default::default(),
-        net_rate: Default::default(),
-        // A level the spec cannot name leaves the filters on.
-        seccomp: vmm::seccomp::SeccompLevel::try_from(spec.vmm_seccomp_level).unwrap_or_default(),
+fn tail_suffix(dir: &SandboxDir) -> String {
+    let tail = console_tail(dir);
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last console lines:\n{tail}")
     }
-}
-
-/// A locally administered unicast MAC made from the sandbox id, stable for the sandbox's life.
-fn guest_mac(id: &str) -> [u8; 6] {
-    let bytes = hex::decode(id.get(..10).unwrap_or_default()).unwrap_or_default();
-    let mut mac = [0x02, 0, 0, 0, 0, 0];
-    for (m, b) in mac[1..].iter_mut().zip(bytes) {
-        *m = b;
-    }
-    mac
 }
 
 fn connect_control(dir: &SandboxDir) -> std::io::Result<Client<UnixStream>> {
@@ -234,16 +196,16 @@ fn console_tail(dir: &SandboxDir) -> String {
 fn session(
     dir: &SandboxDir,
     spec: &LaunchSpec,
-    exit: &Arc<ExitSignal>,
+    vmm: &VmmProcess,
     signals: libc::sigset_t,
     phases: &mut Vec<(String, Duration)>,
 ) -> Result<i32, Error> {
     let boot = Instant::now();
     let deadline = boot + Duration::from_secs(spec.boot_timeout_secs);
     let mut control = loop {
-        if let Some(e) = exit.reason() {
+        if let Some(e) = vmm.ended() {
             return Err(Error::GuestEnded {
-                exit: e.to_string(),
+                exit: e,
                 console: console_tail(dir),
             });
         }

@@ -85,6 +85,7 @@ impl Vm {
             cmdline: launch_spec::guest_cmdline(crate::sandbox::rootfs_fstype(&rootfs), false),
             mem_mib: super::spec::guest_mem_mib(workload),
             vcpus: super::spec::vcpus(workload),
+            cpus: None,
             rootfs,
             // The writable layer is guest RAM (tmpfs); a scratch disk per task is future work.
             scratch: None,
