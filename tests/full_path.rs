@@ -967,3 +967,211 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
     }
     drop(fx);
 }
+
+/// The VMM process of the sandbox whose supervisor (keeper) runs from sandbox directory `dir`: the `mvrun-vmm`
+/// whose command line has `--vmm` and `dir`.
+fn jailed_vmm_in(dir: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.contains(&b"--vmm".as_slice()) && args.contains(&dir.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// One boot: the VMM of a running sandbox is jailed: its root is a tmpfs that holds none of the host's files, it
+/// runs as the unprivileged jail uid with no capabilities and no_new_privs, in its own PID, mount and network
+/// namespaces, with lowered rlimits, in its own cgroup; stop and rm remove the cgroup and the jail directory.
+#[test]
+fn guest_vmm_is_jailed_and_cleaned_up() {
+    require_full_path!();
+    if std::env::var("MVRUN_UNSAFE_NO_JAIL").is_ok_and(|v| v == "1") {
+        eprintln!("SKIP: MVRUN_UNSAFE_NO_JAIL=1 turns the jail off");
+        return;
+    }
+    let name = format!("jail-{:06x}", rand::random::<u32>() & 0xffffff);
+    // A host file the jail must not show.
+    let marker = format!("/tmp/mvrun-jail-marker-{name}");
+    std::fs::write(&marker, b"host only").unwrap();
+    let o = run(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "busybox",
+        "sh",
+        "-c",
+        "echo up; exec sleep 600",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let id = stdout(&o).trim().to_string();
+    let run_dir = std::env::var("MVRUN_RUN_DIR").unwrap_or_else(|_| "/run/mvrun".into());
+    let dir = format!("{run_dir}/{id}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if stdout(&run(&["logs", &name])).contains("up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sandbox never started");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let pid = jailed_vmm_in(&dir).expect("a VMM process with --vmm for the sandbox");
+    let proc_ = |p: &str| format!("/proc/{pid}/{p}");
+
+    // Filesystem: a root of its own, with the VM's files and none of the host's.
+    let root = proc_("root");
+    assert!(Path::new(&root).join("vmlinux").exists());
+    assert!(Path::new(&root).join("rootfs").exists());
+    assert!(Path::new(&root).join("vm/vsock.sock").exists());
+    assert!(Path::new(&root).join("dev/kvm").exists());
+    for host_only in [
+        marker.as_str(),
+        "/etc/hostname",
+        "/etc/passwd",
+        "/bin/sh",
+        "/proc/self",
+        "/sys/fs",
+    ] {
+        assert!(
+            !Path::new(&root)
+                .join(host_only.trim_start_matches('/'))
+                .exists(),
+            "{host_only} is visible in the jail"
+        );
+    }
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["dev", "initrd", "rootfs", "vm", "vmlinux"]);
+    let mounts = std::fs::read_to_string(proc_("mountinfo")).unwrap();
+    let root_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root_mount.contains(" ro,") && root_mount.contains("tmpfs"),
+        "{root_mount}"
+    );
+    let rootfs_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/rootfs"))
+        .unwrap();
+    assert!(rootfs_mount.contains(" ro,"), "{rootfs_mount}");
+
+    // Namespaces: PID, mount, network (and IPC, UTS) of its own.
+    for ns in ["pid", "mnt", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(proc_(&format!("ns/{ns}"))).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM shares the host's {ns} namespace");
+    }
+    assert_eq!(
+        status_field(pid, "NSpid").split_whitespace().last(),
+        Some("1"),
+        "PID 1 of its namespace"
+    );
+
+    // Credentials: the unprivileged jail uid/gid, no groups, no capabilities, no_new_privs.
+    let uid = mvrun::sandbox::jail::jail_id(&id).to_string();
+    assert_eq!(
+        status_field(pid, "Uid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [uid.as_str(); 4]
+    );
+    assert_eq!(
+        status_field(pid, "Gid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [uid.as_str(); 4]
+    );
+    assert_eq!(status_field(pid, "Groups"), "");
+    for caps in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+
+    // rlimits.
+    let limits = std::fs::read_to_string(proc_("limits")).unwrap();
+    let limit = |what: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(what))
+            .map(|l| {
+                l[what.len()..]
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let nofile = mvrun::sandbox::jail::NOFILE.to_string();
+    assert_eq!(limit("Max open files"), format!("{nofile} {nofile}"));
+    let fsize = mvrun::sandbox::jail::FSIZE_MIN.to_string();
+    assert_eq!(limit("Max file size"), format!("{fsize} {fsize}"));
+
+    // Its own cgroup, with the limits set.
+    let cgroup = mvrun::sandbox::cgroup::path_of(&id);
+    let member = mvrun::sandbox::cgroup::membership(pid, &id);
+    assert!(
+        !member.is_empty(),
+        "not in {}: {}",
+        cgroup.display(),
+        std::fs::read_to_string(proc_("cgroup")).unwrap()
+    );
+    eprintln!("cgroup membership: {member:?}");
+    assert!(mvrun::sandbox::cgroup::cgroup_exists(&id));
+
+    // The jail's mountpoint on the host is an empty directory: the tmpfs lives in the VMM's namespace only.
+    assert_eq!(std::fs::read_dir(format!("{dir}/root")).unwrap().count(), 0);
+
+    assert_eq!(run(&["stop", "-t", "1", &name]).status.code(), Some(0));
+    // stop kills a supervisor whose guest lingers in its shutdown; the next command then cleans up after it.
+    let ps = run(&["ps", "-a"]);
+    assert!(stdout(&ps)
+        .lines()
+        .any(|l| l.contains(&name) && l.contains("Exited")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the VMM {pid} outlived stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !mvrun::sandbox::cgroup::cgroup_exists(&id),
+        "the cgroup outlived stop"
+    );
+    assert!(
+        !Path::new(&format!("{dir}/root")).exists(),
+        "the jail directory outlived stop"
+    );
+    assert!(
+        !Path::new(&format!("{dir}/vm")).exists(),
+        "the socket directory outlived stop"
+    );
+    assert_eq!(run(&["rm", &name]).status.code(), Some(0));
+    assert!(!Path::new(&dir).exists());
+    let _ = std::fs::remove_file(&marker);
+}

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (dir, vmm_mode) = match args.as_slice() {
-        [_, flag, dir, id_flag, _id] if flag == "--sandbox" && id_flag == "--id" => (dir.clone(), None),
+        [_, flag, dir, id_flag, _id] if flag == "--sandbox" && id_flag == "--id" => {
+            (dir.clone(), None)
+        }
         [_, flag, dir, id_flag, _id, mode, launched, keeper]
             if flag == "--sandbox" && id_flag == "--id" && mode == vmm_process::VMM_MODE_ARG =>
         {

@@ -24,13 +24,17 @@ pub const PIDS_MAX: i64 = 256;
 pub enum Error {
     /// No cgroup manager for this host's layout.
     #[error("failed to open the cgroup {0}")]
-    Manager(PathBuf, #[source] common::CreateCgroupSetupError),
+    Manager(PathBuf, #[source] Box<common::CreateCgroupSetupError>),
     /// The limits could not be expressed.
     #[error("failed to describe the VMM's cgroup limits")]
     Spec(#[source] oci_spec::OciSpecError),
     /// The cgroup refused a process or a limit.
     #[error("failed to {0} the cgroup {1}")]
-    Apply(&'static str, PathBuf, #[source] common::AnyManagerError),
+    Apply(
+        &'static str,
+        PathBuf,
+        #[source] Box<common::AnyManagerError>,
+    ),
 }
 
 /// What the VMM's cgroup allows.
@@ -100,14 +104,15 @@ impl VmmCgroup {
         let path = path_of(id);
         // libcgroups warns about every v1 controller the host lacks (hugetlb, net_cls...), on every open: noise
         // for mvrun's users, as the controllers mvrun limits are checked when the limits are applied.
-        let manager = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-            common::create_cgroup_manager(CgroupConfig {
-                cgroup_path: path.clone(),
-                systemd_cgroup: false,
-                container_name: id.to_string(),
+        let manager =
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                common::create_cgroup_manager(CgroupConfig {
+                    cgroup_path: path.clone(),
+                    systemd_cgroup: false,
+                    container_name: id.to_string(),
+                })
             })
-        })
-        .map_err(|e| Error::Manager(path.clone(), e))?;
+            .map_err(|e| Error::Manager(path.clone(), Box::new(e)))?;
         Ok(VmmCgroup { path, manager })
     }
 
@@ -115,7 +120,7 @@ impl VmmCgroup {
     pub fn enter(&self, pid: i32, limits: &Limits) -> Result<(), Error> {
         self.manager
             .add_task(Pid::from_raw(pid))
-            .map_err(|e| Error::Apply("join", self.path.clone(), e))?;
+            .map_err(|e| Error::Apply("join", self.path.clone(), Box::new(e)))?;
         let resources = limits.resources()?;
         self.manager
             .apply(&ControllerOpt {
@@ -124,14 +129,14 @@ impl VmmCgroup {
                 oom_score_adj: None,
                 freezer_state: None,
             })
-            .map_err(|e| Error::Apply("limit", self.path.clone(), e))
+            .map_err(|e| Error::Apply("limit", self.path.clone(), Box::new(e)))
     }
 
     /// Removes the cgroup, killing whatever is still in it.
     pub fn remove(&self) -> Result<(), Error> {
         self.manager
             .remove()
-            .map_err(|e| Error::Apply("remove", self.path.clone(), e))
+            .map_err(|e| Error::Apply("remove", self.path.clone(), Box::new(e)))
     }
 }
 

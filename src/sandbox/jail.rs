@@ -164,7 +164,11 @@ impl Plan {
             };
         }
         if let Some(v) = &mut config.vsock {
-            let name = v.uds_path.file_name().map(PathBuf::from).unwrap_or_default();
+            let name = v
+                .uds_path
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default();
             v.uds_path = Path::new(inside::VM_DIR).join(name);
         }
         if let Some(n) = &mut config.net {
@@ -178,8 +182,14 @@ impl Plan {
 pub fn enter(plan: &Plan, netns: Option<&Path>) -> Result<(), Error> {
     let root = plan.root.as_path();
     // Nothing done here may reach the host's mount table.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("make private", Path::new("/")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make private", Path::new("/")))?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -199,8 +209,14 @@ pub fn enter(plan: &Plan, netns: Option<&Path>) -> Result<(), Error> {
     if let Some(ns) = netns {
         let target = root.join(inside::NETNS.trim_start_matches('/'));
         std::fs::File::create(&target).map_err(sys("create", &target))?;
-        mount(Some(ns), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(sys("bind", ns))?;
+        mount(
+            Some(ns),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys("bind", ns))?;
     }
     for dev in &plan.devices {
         make_device(root, dev)?;
@@ -234,8 +250,14 @@ fn bind(root: &Path, source: &Path, target: &str, read_only: bool, dir: bool) ->
     } else {
         std::fs::File::create(&at).map_err(sys("create", &at))?;
     }
-    mount(Some(source), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(sys("bind", source))?;
+    mount(
+        Some(source),
+        &at,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys("bind", source))?;
     let mut flags = MsFlags::MS_REMOUNT
         | MsFlags::MS_BIND
         | MsFlags::MS_NOSUID
@@ -289,7 +311,9 @@ pub fn drop_privileges(plan: &Plan) -> Result<(), Error> {
     nix::unistd::setresuid(uid, uid, uid).map_err(sys("set the uid", none))?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(sys("set no_new_privs", none)(std::io::Error::last_os_error()));
+        return Err(sys("set no_new_privs", none)(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -365,17 +389,29 @@ mod tests {
     #[test]
     fn scratch_is_writable_and_the_tap_brings_tun() {
         let p = Plan::for_spec(&spec(true, true), Path::new("/run/mvrun/x"), Some(4 << 30));
-        let scratch = p.binds.iter().find(|b| b.target == inside::SCRATCH).unwrap();
+        let scratch = p
+            .binds
+            .iter()
+            .find(|b| b.target == inside::SCRATCH)
+            .unwrap();
         assert!(!scratch.read_only);
         assert_eq!(p.devices, ["/dev/kvm", "/dev/net/tun"]);
-        assert_eq!(p.fsize, 4 << 30, "a large scratch disk raises the file-size limit");
+        assert_eq!(
+            p.fsize,
+            4 << 30,
+            "a large scratch disk raises the file-size limit"
+        );
     }
 
     #[test]
     fn uids_are_unprivileged_and_per_sandbox() {
         assert_eq!(jail_id("abcde0123"), BASE_ID + 0xabcde);
         assert_eq!(jail_id("00000"), BASE_ID);
-        assert_eq!(jail_id("zz"), BASE_ID, "a malformed id still gets an unprivileged uid");
+        assert_eq!(
+            jail_id("zz"),
+            BASE_ID,
+            "a malformed id still gets an unprivileged uid"
+        );
         assert!(jail_id("fffff") < u32::MAX - 1);
     }
 
@@ -419,10 +455,10 @@ mod tests {
         assert_eq!(initrd.as_deref(), Some(Path::new(inside::INITRD)));
         assert_eq!(c.block[0].path, Path::new(inside::ROOTFS));
         assert_eq!(c.block[1].path, Path::new(inside::SCRATCH));
+        assert_eq!(c.vsock.unwrap().uds_path, Path::new("/vm/vsock.sock"));
         assert_eq!(
-            c.vsock.unwrap().uds_path,
-            Path::new("/vm/vsock.sock")
+            c.net.unwrap().netns.as_deref(),
+            Some(Path::new(inside::NETNS))
         );
-        assert_eq!(c.net.unwrap().netns.as_deref(), Some(Path::new(inside::NETNS)));
     }
 }

@@ -371,9 +371,10 @@ impl StateDir {
         }
     }
 
-    /// Deletes a sandbox's directory.
+    /// Deletes a sandbox's directory (and its VMM's cgroup, if a crash left one).
     pub fn remove(&self, dir: &SandboxDir) -> Result<()> {
         let _lock = DirLock::take(&self.root)?;
+        cleanup_runtime_files(dir);
         fs::remove_dir_all(&dir.path).map_err(io("remove", &dir.path))
     }
 }
@@ -474,7 +475,10 @@ mod tests {
         assert_eq!(rec.status, Status::Exited);
         assert_eq!(rec.exit_code, Some(EXIT_UNKNOWN));
         assert!(!dir.vm_dir().exists(), "stale sockets are removed");
-        assert!(!dir.jail_root().exists(), "the jail's mountpoint is removed");
+        assert!(
+            !dir.jail_root().exists(),
+            "the jail's mountpoint is removed"
+        );
         assert!(
             !dir.path().join(crate::sandbox::scratch::FILE_NAME).exists(),
             "a dead sandbox's scratch disk is removed"

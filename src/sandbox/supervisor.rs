@@ -122,9 +122,10 @@ fn run(
             vmm.kill();
             vmm.reap();
             return Err(match e {
-                vmm_process::Error::Failed(msg) => Error::Vmm(vmm_process::Error::Failed(
-                    format!("{msg}{}", tail_suffix(dir)),
-                )),
+                vmm_process::Error::Failed(msg) => Error::Vmm(vmm_process::Error::Failed(format!(
+                    "{msg}{}",
+                    tail_suffix(dir)
+                ))),
                 other => Error::Vmm(other),
             });
         }

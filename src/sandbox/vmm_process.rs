@@ -47,6 +47,9 @@ pub enum Error {
     /// The VMM reported a failure before the guest ran.
     #[error("{0}")]
     Failed(String),
+    /// The VM's configuration is refused (checked on the host's paths before the VMM starts).
+    #[error(transparent)]
+    Config(vmm::config::Error),
     /// The VMM process ended without a word.
     #[error("the VMM process ended before it was ready")]
     Vanished,
@@ -143,6 +146,7 @@ impl VmmProcess {
         }
         prepare_vm_dir(dir, jailed.then(|| jail::jail_id(&spec.id)))
             .map_err(|e| Error::Spawn("socket directory", e))?;
+        vm_config(dir, spec).validate().map_err(Error::Config)?;
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -158,7 +162,8 @@ impl VmmProcess {
         let (report_r, report_w) = pipe().map_err(|e| Error::Spawn("report pipe", e))?;
         let (go_r, go_w) = pipe().map_err(|e| Error::Spawn("go pipe", e))?;
 
-        let exe = super::vmm_binary().map_err(|e| Error::Spawn("binary", std::io::Error::other(e)))?;
+        let exe =
+            super::vmm_binary().map_err(|e| Error::Spawn("binary", std::io::Error::other(e)))?;
         let cstr = |s: &[u8]| CString::new(s).map_err(|e| Error::Spawn("arguments", e.into()));
         let args = [
             cstr(exe.as_os_str().as_bytes())?,
@@ -209,11 +214,10 @@ impl VmmProcess {
         let mut stack = vec![0u8; 256 * 1024];
         // SAFETY: the callback only calls async-signal-safe functions and then execs or exits; `stack` outlives the
         // call (the child execs on it before the parent frees it: the child has its own copy of memory).
-        let pid = unsafe {
-            nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD))
-        }
-        .map_err(|e| Error::Spawn("clone", e.into()))?
-        .as_raw();
+        let pid =
+            unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
+                .map_err(|e| Error::Spawn("clone", e.into()))?
+                .as_raw();
         drop((report_w, go_r, console, null));
 
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
@@ -231,10 +235,8 @@ impl VmmProcess {
             _go: File::from(go_w),
         };
         if jailed {
-            let limits = cgroup::Limits::for_vm(
-                spec.mem_mib,
-                spec.cpus.unwrap_or(f64::from(spec.vcpus)),
-            );
+            let limits =
+                cgroup::Limits::for_vm(spec.mem_mib, spec.cpus.unwrap_or(f64::from(spec.vcpus)));
             if let Err(e) = cgroup::VmmCgroup::open(&spec.id).and_then(|c| c.enter(pid, &limits)) {
                 process.kill();
                 process.reap();
@@ -488,8 +490,7 @@ fn child_run(
             ns.clone()
                 .unwrap_or_else(|| PathBuf::from(format!("/proc/{keeper_pid}/ns/net")))
         });
-        jail::enter(&plan, netns.as_deref())
-            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+        jail::enter(&plan, netns.as_deref()).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         plan.jailed_paths(&mut config);
         Some(plan)
     } else {
@@ -555,10 +556,8 @@ fn keeper_gone(go: &File) -> bool {
 /// The VMM process's pid of the sandbox whose keeper is `keeper_pid`, if it runs (a child of the keeper whose
 /// command line carries [`VMM_MODE_ARG`]).
 pub fn vmm_pid_of(keeper_pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!(
-        "/proc/{keeper_pid}/task/{keeper_pid}/children"
-    ))
-    .ok()?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{keeper_pid}/task/{keeper_pid}/children")).ok()?;
     children
         .split_whitespace()
         .filter_map(|p| p.parse::<u32>().ok())
