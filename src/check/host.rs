@@ -18,6 +18,8 @@ pub struct HostEnv {
     pub cgroup: PathBuf,
     /// mvrun's store (`MVRUN_ROOT`).
     pub store: PathBuf,
+    /// `MVRUN_UNSAFE_NO_JAIL=1` is set: VMMs start without their jail.
+    pub unsafe_no_jail: bool,
 }
 
 impl HostEnv {
@@ -29,6 +31,7 @@ impl HostEnv {
             proc: PathBuf::from("/proc"),
             cgroup: PathBuf::from("/sys/fs/cgroup"),
             store: crate::paths::data_root(),
+            unsafe_no_jail: !crate::sandbox::vmm_process::jailed(),
         }
     }
 }
@@ -65,7 +68,7 @@ pub fn check(env: &HostEnv) -> Vec<Finding> {
         seccomp(env),
         namespaces(env),
         store(env),
-        vmm_confinement(),
+        vmm_confinement(env),
         cgroups(env),
     ]
 }
@@ -217,12 +220,56 @@ fn store(env: &HostEnv) -> Finding {
     }
 }
 
-fn vmm_confinement() -> Finding {
+/// The cgroup controllers the VMM's own cgroup limits that this host lacks.
+fn missing_vmm_controllers(env: &HostEnv) -> Vec<&'static str> {
+    let wanted = ["memory", "cpu", "pids"];
+    let v2 = std::fs::read_to_string(env.cgroup.join("cgroup.controllers")).ok();
+    wanted
+        .into_iter()
+        .filter(|c| match &v2 {
+            Some(list) => !list.split_whitespace().any(|x| x == *c),
+            None => !env.cgroup.join(c).is_dir(),
+        })
+        .collect()
+}
+
+fn vmm_confinement(env: &HostEnv) -> Finding {
+    let id = "host.vmm-confinement";
+    let seccomp = "the VMM's own seccomp filters are not in this build yet";
+    if env.unsafe_no_jail {
+        return Finding::new(
+            id,
+            Status::Warn,
+            format!(
+                "{}=1: VMMs run without their jail (host filesystem, root, no cgroup); {seccomp}",
+                crate::sandbox::jail::UNSAFE_NO_JAIL_ENV
+            ),
+            format!(
+                "unset {} (a debugging switch)",
+                crate::sandbox::jail::UNSAFE_NO_JAIL_ENV
+            ),
+        );
+    }
+    let missing = missing_vmm_controllers(env);
+    if !missing.is_empty() {
+        return Finding::new(
+            id,
+            Status::Warn,
+            format!(
+                "the VMM jail is on, but the host has no {} cgroup controller for the VMM's own limits; {seccomp}",
+                missing.join(", ")
+            ),
+            "mount the cgroup controllers (memory, cpu, pids) so the VMM's limits apply",
+        );
+    }
     Finding::new(
-        "host.vmm-confinement",
+        id,
         Status::Warn,
-        "the VMM's threads run under their own seccomp allowlists, but the VMM is not jailed in this build",
-        "keep the host patched; the VMM's jail is tracked work",
+        format!(
+            "the VMM jail is on (own namespaces, pivot_root, unprivileged uid, no_new_privs, rlimits, memory/cpu/pids \
+             cgroup; docs/jail.md); {seccomp}"
+        ),
+        "keep the host patched; the VMM's seccomp filters are tracked work",
     )
 }
 
@@ -260,6 +307,7 @@ mod tests {
             proc: PathBuf::from("/proc"),
             cgroup: t.path().join("cgroup"),
             store: t.path().join("store"),
+            unsafe_no_jail: false,
         };
         std::fs::create_dir_all(&env.sys_module).unwrap();
         std::fs::create_dir_all(&env.cgroup).unwrap();
@@ -336,5 +384,45 @@ mod tests {
         std::fs::create_dir_all(env.cgroup.join("unified")).unwrap();
         std::fs::write(env.cgroup.join("unified/cgroup.procs"), b"").unwrap();
         assert!(find(&env, "host.cgroups").reason.contains("hybrid"));
+    }
+
+    #[test]
+    fn the_vmm_jail_is_reported() {
+        let (_t, mut env) = fake();
+        for c in ["memory", "cpu", "pids"] {
+            std::fs::create_dir_all(env.cgroup.join(c)).unwrap();
+        }
+        let f = find(&env, "host.vmm-confinement");
+        assert!(f.reason.contains("jail is on"), "{}", f.reason);
+        // WARN until the VMM's seccomp filters are in the build.
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.reason.contains("seccomp"));
+
+        std::fs::remove_dir(env.cgroup.join("pids")).unwrap();
+        let f = find(&env, "host.vmm-confinement");
+        assert!(
+            f.reason.contains("no pids cgroup controller"),
+            "{}",
+            f.reason
+        );
+
+        env.unsafe_no_jail = true;
+        let f = find(&env, "host.vmm-confinement");
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.reason.contains("without their jail"), "{}", f.reason);
+        assert!(f.remedy.contains("unset MVRUN_UNSAFE_NO_JAIL"));
+    }
+
+    #[test]
+    fn v2_controllers_are_read_from_the_root() {
+        let (_t, env) = fake();
+        std::fs::write(
+            env.cgroup.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert!(missing_vmm_controllers(&env).is_empty());
+        std::fs::write(env.cgroup.join("cgroup.controllers"), "cpu io\n").unwrap();
+        assert_eq!(missing_vmm_controllers(&env), ["memory", "pids"]);
     }
 }
