@@ -552,18 +552,3 @@ fn keeper_gone(go: &File) -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & libc::POLLHUP != 0
 }
-
-/// The VMM process's pid of the sandbox whose keeper is `keeper_pid`, if it runs (a child of the keeper whose
-/// command line carries [`VMM_MODE_ARG`]).
-pub fn vmm_pid_of(keeper_pid: u32) -> Option<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{keeper_pid}/task/{keeper_pid}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|a| a == VMM_MODE_ARG.as_bytes()))
-                .unwrap_or(false)
-        })
-}
