@@ -265,12 +265,31 @@ fn guest_killing_the_cli_kills_the_vmm() {
         assert!(Instant::now() < deadline, "no VMM process appeared");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The jailed VMM, the supervisor's child, must go too.
+    let dir = sandbox_dir_of(vmm_pid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let jailed = loop {
+        if let Some(pid) = jailed_vmm_in(&dir) {
+            break Some(pid);
+        }
+        if std::env::var("MVRUN_UNSAFE_NO_JAIL").is_ok_and(|v| v == "1")
+            || Instant::now() > deadline
+        {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{vmm_pid}")).exists() {
-        assert!(Instant::now() < deadline, "VMM {vmm_pid} outlived its CLI");
-        std::thread::sleep(Duration::from_millis(50));
+    for pid in std::iter::once(vmm_pid).chain(jailed) {
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "VMM process {pid} outlived its CLI"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     // The next command notices the dead sandbox and marks it exited.
     let ps = run(&["ps", "-a"]);
@@ -281,6 +300,16 @@ fn guest_killing_the_cli_kills_the_vmm() {
         .to_string();
     assert!(line.contains("Exited"), "{line}");
     run(&["rm", &name]);
+}
+
+/// The sandbox directory on the command line of `mvrun-vmm` process `pid`.
+fn sandbox_dir_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The pid of the `mvrun-vmm` whose sandbox has `name`.
