@@ -16,6 +16,8 @@ pub const PARENT: &str = "/mvrun-vmm";
 pub const HEADROOM_MIB: u64 = 128;
 /// The CFS period the CPU quota is expressed in, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
+/// CPU the VMM gets beyond the guest's `--cpus`, for its event loop (virtio, serial, vsock), in CPUs.
+pub const CPU_HEADROOM: f64 = 0.1;
 /// Tasks (threads) the VMM may have: vCPUs, the event loop, stdio and helper threads, with room to spare.
 pub const PIDS_MAX: i64 = 256;
 
@@ -49,7 +51,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for a VM of `mem_mib` MiB and `cpus` CPUs (fractions allowed, as `--cpus`).
+    /// Limits for a VM of `mem_mib` MiB and `cpus` CPUs (fractions allowed, as `--cpus`), plus the VMM's own
+    /// headroom.
     pub fn for_vm(mem_mib: u64, cpus: f64) -> Limits {
         let cpus = if cpus.is_finite() && cpus > 0.0 {
             cpus
@@ -59,7 +62,7 @@ impl Limits {
         Limits {
             memory_bytes: ((mem_mib + HEADROOM_MIB) * 1024 * 1024) as i64,
             // At least 1 ms per period, which the kernel requires.
-            cpu_quota_us: ((cpus * CPU_PERIOD_US as f64).round() as i64).max(1000),
+            cpu_quota_us: (((cpus + CPU_HEADROOM) * CPU_PERIOD_US as f64).round() as i64).max(1000),
             pids: PIDS_MAX,
         }
     }
@@ -182,11 +185,11 @@ mod tests {
     fn limits_follow_the_vm() {
         let l = Limits::for_vm(512, 1.5);
         assert_eq!(l.memory_bytes, (512 + HEADROOM_MIB as i64) * 1024 * 1024);
-        assert_eq!(l.cpu_quota_us, 150_000);
+        assert_eq!(l.cpu_quota_us, 160_000);
         assert_eq!(l.pids, PIDS_MAX);
         // Nonsense CPU figures fall back to one CPU; tiny ones to the kernel's 1 ms minimum.
-        assert_eq!(Limits::for_vm(64, f64::NAN).cpu_quota_us, 100_000);
-        assert_eq!(Limits::for_vm(64, 0.001).cpu_quota_us, 1000);
+        assert_eq!(Limits::for_vm(64, f64::NAN).cpu_quota_us, 110_000);
+        assert_eq!(Limits::for_vm(64, -1.0).cpu_quota_us, 110_000);
         let r = l.resources().unwrap();
         assert_eq!(r.memory().unwrap().limit(), Some(l.memory_bytes));
         assert_eq!(r.cpu().as_ref().unwrap().period(), Some(CPU_PERIOD_US));
