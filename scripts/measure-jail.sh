@@ -25,14 +25,20 @@ data = eh + ph
 open(sys.argv[1], 'wb').write(data + b'\0' * (off - len(data)) + code)
 PY
 export MVRUN_KERNEL=$work/reset.elf MVRUN_RUN_DIR=$work/run MVRUN_GUEST_INIT=${MVRUN_GUEST_INIT:-/bin/busybox}
-measure() {
+once() {
     local label=$1
     shift
-    for _ in $(seq "$runs"); do
-        env "$@" "$bin/mvrun" run --rm --timings busybox true 2>&1 >/dev/null |
-            awk -v l="$label" '/VMM setup|first KVM_RUN|jail in place/ { n = $(NF-1); sub(/^mvrun: /, ""); sub(/ +[0-9.]+ ms$/, ""); printf "%-9s %-30s %8.1f ms\n", l, $0, n }' || true
-    done
+    env "$@" "$bin/mvrun" run --rm --timings busybox true 2>&1 >/dev/null |
+        awk -v l="$label" '/VMM setup|first KVM_RUN|jail in place/ { n = $(NF-1); sub(/^mvrun: /, ""); sub(/ +[0-9.]+ ms$/, ""); printf "%-9s %-30s %8.1f ms\n", l, $0, n }' || true
 }
 "$bin/mvrun" run --rm busybox true >/dev/null 2>&1 || true # warm the image and initramfs caches
-measure jailed MVRUN_UNSAFE_NO_JAIL=0
-measure unjailed MVRUN_UNSAFE_NO_JAIL=1
+# Alternate the two, so load from elsewhere on the machine hits both alike.
+for _ in $(seq "$runs"); do
+    once jailed MVRUN_UNSAFE_NO_JAIL=0
+    once unjailed MVRUN_UNSAFE_NO_JAIL=1
+done >"$work/runs.txt"
+sort -s -k1,1 "$work/runs.txt"
+echo "medians:"
+awk '{ ms = $(NF-1); key = $0; sub(/ +[0-9.]+ ms$/, "", key); v[key] = v[key] " " ms }
+     END { for (k in v) { n = split(substr(v[k], 2), a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+           printf "  %-45s %8.1f ms (n=%d)\n", k, (n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2), n } }' "$work/runs.txt" | sort

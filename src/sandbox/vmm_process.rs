@@ -3,8 +3,8 @@
 //! cgroup ([`super::cgroup`]).
 //!
 //! The keeper clones the child into new PID, mount, network, IPC and UTS namespaces (the child is PID 1 of its
-//! PID namespace) and execs `mvrun-vmm ... --vmm`. The child waits on the *go* pipe until the keeper has put it in
-//! its cgroup, jails itself, builds the VM, drops its privileges and runs the guest. It reports on the *report*
+//! PID namespace) and execs `mvrun-vmm ... --vmm`. The child jails itself, waits on the *go* pipe until the keeper
+//! has put it in its cgroup (the two overlap), builds the VM, drops its privileges and runs the guest. It reports on the *report*
 //! pipe, one JSON line per event: ready (with its setup figures), then how the VM ended, or why it failed. The
 //! go pipe stays open for the child's life: EOF on it means the keeper is gone.
 //!
@@ -235,6 +235,7 @@ impl VmmProcess {
             _go: File::from(go_w),
         };
         if jailed {
+            let t = Instant::now();
             let limits =
                 cgroup::Limits::for_vm(spec.mem_mib, spec.cpus.unwrap_or(f64::from(spec.vcpus)));
             if let Err(e) = cgroup::VmmCgroup::open(&spec.id).and_then(|c| c.enter(pid, &limits)) {
@@ -242,6 +243,7 @@ impl VmmProcess {
                 process.reap();
                 return Err(e.into());
             }
+            tracing::debug!(pid, "VMM cgroup set up in {:?}", t.elapsed());
         }
         if let Err(e) = process._go.write_all(b"g") {
             process.kill();
@@ -469,11 +471,6 @@ fn child_run(
     send: &mut dyn FnMut(&Report),
 ) -> Result<Ended, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let mut byte = [0u8; 1];
-    // The keeper lets go once the process is in its cgroup; EOF means it gave up (or died).
-    if go.read(&mut byte).map_err(|e| err(&e))? == 0 {
-        return Err("the keeper went away before the VMM started".into());
-    }
     let bytes = std::fs::read(dir.spec_path()).map_err(|e| err(&e))?;
     let spec: LaunchSpec = serde_json::from_slice(&bytes).map_err(|e| err(&e))?;
     let mut config = vm_config(dir, &spec);
@@ -497,6 +494,12 @@ fn child_run(
         None
     };
     let jail_done = start.elapsed();
+    // The keeper lets go once the process is in its cgroup (set up while the jail was being built, which allocates
+    // next to nothing); guest memory comes after. EOF means it gave up (or died).
+    let mut byte = [0u8; 1];
+    if go.read(&mut byte).map_err(|e| err(&e))? == 0 {
+        return Err("the keeper went away before the VMM started".into());
+    }
     let vmm = vmm::build_vm(&config, Box::new(console), start)
         .map_err(|e| format!("failed to start the microVM: {:#}", anyhow::Error::new(e)))?;
     if let Some(plan) = &plan {
