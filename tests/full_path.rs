@@ -924,6 +924,17 @@ fn guest_two_sandboxes_tap_network_vsock_and_scratch() {
             sandbox_dir(&n.name).vsock_path().display()
         ));
         let l = UnixListener::bind(&path).expect("listen on the sandbox's vsock port");
+        // The jailed VMM connects as its sandbox's unprivileged uid (docs/jail.md): connect needs write access.
+        let dir = sandbox_dir(&n.name);
+        let id = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let uid = mvrun::sandbox::jail::jail_id(&id);
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+            .expect("give the listener to the jail's uid");
         (l, path)
     };
     let (listener_a, path_a) = listen(a);
