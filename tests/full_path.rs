@@ -1153,6 +1153,22 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
 
+    // The vCPU and event-loop threads run under their seccomp filters (docs/vmm-seccomp.md).
+    for thread in ["vcpu0", "vmm-events"] {
+        let task = std::fs::read_dir(proc_("task"))
+            .unwrap()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == thread)
+            })
+            .unwrap_or_else(|| panic!("no {thread} thread in the VMM"));
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "{thread} has no seccomp filter"
+        );
+    }
+
     // rlimits.
     let limits = std::fs::read_to_string(proc_("limits")).unwrap();
     let limit = |what: &str| {

@@ -363,6 +363,7 @@ mod tests {
             boot_timeout_secs: 1,
             timings: false,
             cli_phases: Vec::new(),
+            vmm_seccomp_level: 2,
         }
     }
 

@@ -135,13 +135,17 @@ fn run(
     if spec.stdio == StdioMode::External {
         // Someone else talks to the agent; the VM runs until the guest resets or this process is killed.
         vmm.wait_ended(None);
-        return match vmm.reap() {
-            Some(e) if e.clean => Ok(0),
-            Some(e) => Err(Error::GuestEnded {
+        let reaped = vmm.reap();
+        return match (reaped.ended, reaped.signal) {
+            (Some(e), _) if e.clean => Ok(0),
+            (Some(e), _) => Err(Error::GuestEnded {
                 exit: e.exit,
                 console: console_tail(dir),
             }),
-            None => Err(Error::GuestEnded {
+            (None, Some(sig)) => Err(Error::Vmm(vmm_process::Error::Failed(
+                super::vmm_killed_message(sig),
+            ))),
+            (None, None) => Err(Error::GuestEnded {
                 exit: "the VMM process died".into(),
                 console: console_tail(dir),
             }),
@@ -158,7 +162,13 @@ fn run(
         vmm.wait_ended(Some(SHUTDOWN_TIMEOUT));
     }
     vmm.stop();
-    let outcome = vmm.reap();
+    let reaped = vmm.reap();
+    // A VMM killed by a signal of its own (its seccomp filter's SIGSYS) says more than what the session saw.
+    let session = match reaped.killed_reason() {
+        Some(why) if reaped.ended.is_none() => Err(Error::Vmm(vmm_process::Error::Failed(why))),
+        _ => session,
+    };
+    let outcome = reaped.ended;
     phases.push(("teardown".into(), teardown.elapsed()));
     // Shown where they happened: after the VMM setup, before the agent answered.
     let at = phases

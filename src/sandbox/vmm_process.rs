@@ -84,6 +84,22 @@ pub struct Ended {
     pub boot_timer: Option<Duration>,
 }
 
+/// What the keeper learns when the VMM process is gone.
+#[derive(Clone, Debug, Default)]
+pub struct Reaped {
+    /// The VMM's own report of the VM's end, if it made one.
+    pub ended: Option<Ended>,
+    /// The signal that killed it, unless the keeper sent it.
+    pub signal: Option<i32>,
+}
+
+impl Reaped {
+    /// Why the VMM process died, when a signal the keeper did not send killed it.
+    pub fn killed_reason(&self) -> Option<String> {
+        self.signal.map(super::vmm_killed_message)
+    }
+}
+
 /// Whether the VMM runs jailed: always, unless `MVRUN_UNSAFE_NO_JAIL=1`.
 pub fn jailed() -> bool {
     std::env::var(jail::UNSAFE_NO_JAIL_ENV).map_or(true, |v| v != "1")
@@ -103,6 +119,7 @@ pub struct VmmProcess {
     id: String,
     jail_root: Option<PathBuf>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
+    killed: std::sync::atomic::AtomicBool,
     // Held open for the child's life: its EOF tells the child the keeper is gone.
     _go: File,
 }
@@ -232,6 +249,7 @@ impl VmmProcess {
             id: spec.id.clone(),
             jail_root: jailed.then(|| dir.jail_root()),
             shared,
+            killed: Default::default(),
             _go: File::from(go_w),
         };
         if jailed {
@@ -322,20 +340,34 @@ impl VmmProcess {
 
     /// SIGKILL.
     pub fn kill(&self) {
+        self.killed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: as in `stop`.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
 
-    /// Waits for the process to exit, removes its cgroup and jail mountpoint, and returns its end report.
-    pub fn reap(self) -> Option<Ended> {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+    /// Waits for the process to exit, removes its cgroup and jail mountpoint, and returns its end report and
+    /// the signal that killed it, unless the keeper sent that (SIGSYS: its seccomp filter).
+    pub fn reap(self) -> Reaped {
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
         if let Some(root) = &self.jail_root {
             cgroup::remove(&self.id);
             let _ = std::fs::remove_dir(root);
         }
         self.wait_ended(Some(Duration::from_secs(1)));
         let s = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.ended.clone()
+        let signal = match status {
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _))
+                if !self.killed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Some(sig as i32)
+            }
+            _ => None,
+        };
+        Reaped {
+            ended: s.ended.clone(),
+            signal,
+        }
     }
 }
 
