@@ -1153,8 +1153,9 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
 
-    // The vCPU and event-loop threads run under their seccomp filters (docs/vmm-seccomp.md).
-    for thread in ["vcpu0", "vmm-events"] {
+    // The vCPU and event-loop threads run under their seccomp filters (docs/vmm-seccomp.md), the main thread
+    // under the rest filter.
+    for thread in ["vcpu0", "vmm-events", "mvrun-vmm"] {
         let task = std::fs::read_dir(proc_("task"))
             .unwrap()
             .flatten()

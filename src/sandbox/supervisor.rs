@@ -163,6 +163,9 @@ fn run(
     }
     vmm.stop();
     let reaped = vmm.reap();
+    if let (Some(_), Some(sig)) = (&reaped.ended, reaped.signal) {
+        tracing::warn!("the VMM process was killed by signal {sig} after it reported the VM's end");
+    }
     // A VMM killed by a signal of its own (its seccomp filter's SIGSYS) says more than what the session saw.
     let session = match reaped.killed_reason() {
         Some(why) if reaped.ended.is_none() => Err(Error::Vmm(vmm_process::Error::Failed(why))),
