@@ -1153,9 +1153,20 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
 
-    // The vCPU and event-loop threads run under their seccomp filters (docs/vmm-seccomp.md), the main thread
-    // under the rest filter.
-    for thread in ["vcpu0", "vmm-events", "mvrun-vmm"] {
+    // Every thread runs under a seccomp filter (docs/vmm-seccomp.md): the vCPU and event-loop threads under
+    // theirs, the main, runner and signal threads under the rest filter.
+    let threads: Vec<String> = std::fs::read_dir(proc_("task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert_eq!(
+        threads.len(),
+        5,
+        "one vCPU, events, runner, signals, main: {threads:?}"
+    );
+    for thread in ["vcpu0", "vmm-events", "mvrun-vmm", "vmm-run", "vmm-signals"] {
         let task = std::fs::read_dir(proc_("task"))
             .unwrap()
             .flatten()

@@ -547,11 +547,17 @@ fn child_run(
     }
     let setup = start.elapsed();
     let exit = vmm.exit_handle();
+    let level = config.seccomp;
     // SIGTERM from the keeper stops the VM in order (the outcome is still reported); it is blocked in every
-    // thread (inherited from the keeper, kept across exec) and taken here.
+    // thread (inherited from the keeper, kept across exec) and taken here, under the VMM's "rest" filter.
     std::thread::Builder::new()
         .name("vmm-signals".into())
         .spawn(move || {
+            if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Rest, level) {
+                eprintln!("mvrun-vmm: failed to install the rest seccomp filter: {e}");
+                // SAFETY: kill(2) of this process with SIGKILL: no thread may run unconfined.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
             // SAFETY: a local signal set, and sigwait on it with a valid out pointer.
             unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
@@ -569,13 +575,12 @@ fn child_run(
         jail: plan.as_ref().map(|_| jail_done),
         setup,
     });
-    let level = config.seccomp;
-    // The VM runs on a thread of its own (which keeps no filter: it drops the VM at the end); this thread then
-    // only waits, reports and exits, under the VMM's "rest" filter (docs/vmm-seccomp.md), installed once the
-    // runner exists so that the runner does not inherit it.
+    // The VM runs on a thread of its own, which confines itself once the VM's threads exist; this thread then
+    // only waits, reports and exits, under the VMM's "rest" filter too (docs/vmm-seccomp.md), installed once the
+    // runner exists so that the runner's own children do not inherit it.
     let runner = std::thread::Builder::new()
         .name("vmm-run".into())
-        .spawn(move || vmm.run(None))
+        .spawn(move || vmm.run_confined(None))
         .map_err(|e| err(&e))?;
     if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Rest, level) {
         // The VM's own threads are filtered already; stop it rather than run with a thread unconfined.

@@ -92,7 +92,19 @@ impl Vmm {
     /// The vCPUs and the event loop run on threads of their own, each under its seccomp filter
     /// ([`seccomp`]); the calling thread only waits, and drops the VM (closing its fds, unmapping guest memory,
     /// removing the vsock socket file) with no filter of the VMM's.
-    pub fn run(mut self, timeout: Option<Duration>) -> RunOutcome {
+    pub fn run(self, timeout: Option<Duration>) -> RunOutcome {
+        self.run_inner(timeout, false)
+    }
+
+    /// [`Vmm::run`] for a VMM process: once the event-loop thread (which starts the vCPUs) exists, the calling
+    /// thread also puts itself under the VMM's "rest" filter, so that no thread of the process is left
+    /// unconfined while the guest runs. It only waits, then drops the VM. Not for callers that go on to do
+    /// other work on this thread (tests, `mvrun vm boot`'s reporting).
+    pub fn run_confined(self, timeout: Option<Duration>) -> RunOutcome {
+        self.run_inner(timeout, true)
+    }
+
+    fn run_inner(mut self, timeout: Option<Duration>, confine_caller: bool) -> RunOutcome {
         let rss = rss_kib();
         let guest_resident = guest_resident_kib(&self.guest_memory);
         let shared = vstate::vcpu::VcpuShared {
@@ -104,10 +116,20 @@ impl Vmm {
             stopped_rip: Arc::new((0..self.vcpus.len()).map(|_| Default::default()).collect()),
         };
         let exit_signal = self.exit.clone();
+        let rest = self.seccomp.rest.clone().filter(|_| confine_caller);
         let timed_out = std::thread::scope(|scope| {
             let serve = std::thread::Builder::new()
                 .name("vmm-events".into())
                 .spawn_scoped(scope, || self.serve(&shared, timeout));
+            // After the spawn: a filter is inherited by the threads a thread starts later.
+            if let (Ok(_), Some(filter)) = (&serve, &rest) {
+                if let Err(e) = seccomp::install(seccomp::ThreadKind::Rest, filter) {
+                    exit_signal.signal(VmExit::VcpuError {
+                        vcpu: 0,
+                        message: ErrorChain(&e).to_string(),
+                    });
+                }
+            }
             match serve.map(|h| h.join()) {
                 Ok(Ok(timed_out)) => timed_out,
                 Ok(Err(_)) => {

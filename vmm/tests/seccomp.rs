@@ -60,6 +60,48 @@ fn a_guest_runs_to_its_end_at_every_level() {
 }
 
 #[test]
+fn a_confined_runner_runs_the_guest_and_drops_the_vm_under_the_rest_filter() {
+    if !kvm_usable() {
+        return;
+    }
+    for level in [SeccompLevel::Arguments, SeccompLevel::Syscalls] {
+        let console = Console::default();
+        let config = VmConfig {
+            payload: Payload::Raw {
+                code: print_and_reset(),
+                mode: RawMode::Real,
+            },
+            mem_mib: 16,
+            vcpus: 2,
+            seccomp: level,
+            ..Default::default()
+        };
+        let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
+        // The runner filters itself once the VM's threads exist and drops the VM under that filter: a call
+        // outside `rest` would kill this whole test process.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let runner = std::thread::spawn(move || {
+            let outcome = vmm.run_confined(Some(Duration::from_secs(20)));
+            // SAFETY: gettid has no arguments.
+            let tid = unsafe { libc::gettid() };
+            let _ = done_tx.send((outcome.exit, tid));
+            let _ = go_rx.recv(); // stay alive while the test looks at this thread
+        });
+        let (exit, tid) = done_rx.recv().expect("runner");
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        let _ = go_tx.send(());
+        runner.join().expect("runner");
+        assert_eq!(exit, VmExit::Reset, "{level:?}");
+        assert_eq!(console.text(), "ok\n", "{level:?}");
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "the runner is filtered ({level:?})"
+        );
+    }
+}
+
+#[test]
 fn a_spinning_guest_is_stopped_by_the_timeout_under_the_filters() {
     if !kvm_usable() {
         return;

@@ -235,6 +235,10 @@ pub fn rest() -> Vec<Allowed> {
             "dropping vsock removes its socket file (unlinkat form)"
         ),
         allow!(SYS_clock_nanosleep, "waiting loops sleep"),
+        allow!(
+            SYS_rt_sigtimedwait,
+            "the VMM process's signal thread waits for the keeper's SIGTERM (sigwait)"
+        ),
         allow!(SYS_nanosleep, "std's sleep on older glibc"),
     ]);
     list

@@ -217,6 +217,8 @@ pub struct Filters {
     pub vcpu: Option<Arc<BpfProgram>>,
     /// For the event-loop thread.
     pub event_loop: Option<Arc<BpfProgram>>,
+    /// For the thread that runs the VM (see [`crate::Vmm::run_confined`]) and any other thread of a VMM process.
+    pub rest: Option<Arc<BpfProgram>>,
 }
 
 impl Filters {
@@ -225,6 +227,7 @@ impl Filters {
         Ok(Filters {
             vcpu: compile(ThreadKind::Vcpu, level)?.map(Arc::new),
             event_loop: compile(ThreadKind::EventLoop, level)?.map(Arc::new),
+            rest: compile(ThreadKind::Rest, level)?.map(Arc::new),
         })
     }
 }
