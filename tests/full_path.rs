@@ -460,6 +460,18 @@ impl KillOnDrop {
     }
 }
 
+/// Removes a sandbox by name when dropped (a no-op when the test already removed it).
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = mvrun(&["rm", "-f", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
@@ -1050,6 +1062,8 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
         return;
     }
     let name = format!("jail-{:06x}", rand::random::<u32>() & 0xffffff);
+    // A failed check must not leave the sandbox running (the test removes it itself when all is well).
+    let _cleanup = RemoveOnDrop(name.clone());
     // A host file the jail must not show.
     let marker = format!("/tmp/mvrun-jail-marker-{name}");
     std::fs::write(&marker, b"host only").unwrap();
