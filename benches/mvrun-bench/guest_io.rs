@@ -348,11 +348,12 @@ pub fn io(ctx: &Ctx) -> Result<Vec<Series>, String> {
             false,
             g_read,
         ),
-        series("io", "host", "stdout stream (pipe)", "MB/s", true, h_stream),
+        // One metric name for both, so the summary pairs them (ratio to the host's pipe).
+        series("io", "host (pipe)", "stdout stream", "MB/s", true, h_stream),
         series(
             "io",
-            "guest",
-            "stdout stream (vsock)",
+            "guest (vsock)",
+            "stdout stream",
             "MB/s",
             false,
             g_stream,
