@@ -52,6 +52,25 @@ pub fn client(dir: &SandboxDir) -> Result<Client<UnixStream>, Error> {
     Ok(Client::new(connect(dir, &name, CONTROL_PORT)?))
 }
 
+/// How long a signal may take to reach the agent and be acknowledged. A guest that never brought its agent up
+/// accepts the VMM's socket but never answers; `stop` must not hang on it. Generous: on an emulated-KVM host the
+/// agent's answer takes a while.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A control connection whose every read and write (the vsock handshake included) gives up after `timeout`.
+fn client_within(dir: &SandboxDir, timeout: Duration) -> Result<Client<UnixStream>, Error> {
+    let name = running(dir)?;
+    let err = |source| Error::Connect {
+        name: name.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(dir.vsock_path()).map_err(err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(err)?;
+    hybrid::handshake(&mut stream, CONTROL_PORT).map_err(err)?;
+    Ok(Client::new(stream))
+}
+
 /// Runs `process` in the sandbox's container with our stdio, and returns its exit code. With `process.tty` it runs
 /// on a terminal of its own in the guest, sized like ours and resized on our SIGWINCH (the caller puts our
 /// terminal in raw mode when it forwards stdin), its output merged on our stdout.
@@ -115,7 +134,7 @@ fn copy_out(mut from: UnixStream, mut to: impl Write) {
 
 /// Sends `signal` to the workload.
 pub fn signal(dir: &SandboxDir, signal: i32) -> Result<(), Error> {
-    client(dir)?.signal(WORKLOAD, signal)?;
+    client_within(dir, SIGNAL_TIMEOUT)?.signal(WORKLOAD, signal)?;
     Ok(())
 }
 
@@ -148,10 +167,12 @@ pub fn stop(dir: &SandboxDir, grace: Duration) -> Result<(), Error> {
     if record.status != Status::Running {
         return Ok(());
     }
-    if signal(dir, libc::SIGTERM).is_ok() && wait_exited(dir, grace) {
+    // An agent that does not answer the SIGTERM will not answer the SIGKILL either: go to the supervisor.
+    let asked = signal(dir, libc::SIGTERM).is_ok();
+    if asked && wait_exited(dir, grace) {
         return Ok(());
     }
-    if signal(dir, libc::SIGKILL).is_ok() && wait_exited(dir, Duration::from_secs(10)) {
+    if asked && signal(dir, libc::SIGKILL).is_ok() && wait_exited(dir, Duration::from_secs(10)) {
         return Ok(());
     }
     if let Some(pid) = record
@@ -165,4 +186,50 @@ pub fn stop(dir: &SandboxDir, grace: Duration) -> Result<(), Error> {
         wait_exited(dir, Duration::from_secs(10));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::state::StateDir;
+    use std::os::unix::net::UnixListener;
+
+    /// A guest whose agent never came up: the VMM accepts the socket connection, nothing ever answers. The
+    /// control connection `signal` (and so `stop`) uses gives up after its timeout instead of hanging.
+    #[test]
+    fn the_agent_connection_gives_up_on_a_silent_guest() {
+        let t = tempfile::tempdir().unwrap();
+        let states = StateDir::open(t.path().join("run")).unwrap();
+        let (dir, _) = states
+            .create(Some("silent"), "busybox", &["sh".into()], false)
+            .unwrap();
+        dir.update(|r| r.status = Status::Running).unwrap();
+        std::fs::create_dir_all(dir.vm_dir()).unwrap();
+        let listener = UnixListener::bind(dir.vsock_path()).unwrap();
+        let accepted = std::thread::spawn(move || {
+            // Hold every connection open, answer nothing.
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept() {
+                held.push(s);
+                if held.len() == 2 {
+                    break;
+                }
+            }
+            held
+        });
+        let start = Instant::now();
+        let timeout = Duration::from_millis(300);
+        assert!(matches!(
+            client_within(&dir, timeout).map(|_| ()),
+            Err(Error::Connect { .. })
+        ));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        // Unblock the accept loop.
+        let _ = UnixStream::connect(dir.vsock_path());
+        drop(accepted.join());
+    }
 }
