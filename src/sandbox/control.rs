@@ -55,7 +55,7 @@ pub fn client(dir: &SandboxDir) -> Result<Client<UnixStream>, Error> {
 /// How long a signal may take to reach the agent and be acknowledged. A guest that never brought its agent up
 /// accepts the VMM's socket but never answers; `stop` must not hang on it. Generous: on an emulated-KVM host the
 /// agent's answer takes a while.
-const SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A control connection whose every read and write (the vsock handshake included) gives up after `timeout`.
 fn client_within(dir: &SandboxDir, timeout: Duration) -> Result<Client<UnixStream>, Error> {
