@@ -127,7 +127,16 @@ fn time_to_marker(mut cmd: Command, marker: &str, limit: Duration) -> Result<Dur
         match rx.recv_timeout(limit.saturating_sub(start.elapsed())) {
             Ok(line) if line.contains(marker) => break Ok(start.elapsed()),
             Ok(_) => {}
-            Err(_) => break Err(format!("no marker within {limit:?}")),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                break Err(format!("no marker within {limit:?}"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                break Err(format!(
+                    "{:?} ended before the marker ({status})",
+                    cmd.get_program()
+                ));
+            }
         }
     };
     let _ = child.kill();
@@ -150,8 +159,10 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
             "-M",
             "microvm,x-option-roms=off,rtc=off,isa-serial=on",
             "-enable-kvm",
+            // Without arch-capabilities: the nested paravirtual KVM of emulated hosts refuses QEMU's write of
+            // MSR 0x10a, and QEMU aborts ("failed to set MSR 0x10a").
             "-cpu",
-            "host",
+            "host,-arch-capabilities",
         ])
         .args([
             "-m",
