@@ -67,6 +67,27 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
+/// The `mvrun ps -a` line of the sandbox `name` (empty when it is not listed).
+fn ps_line(name: &str) -> String {
+    stdout(&run(&["ps", "-a"]))
+        .lines()
+        .find(|l| l.contains(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits (up to the 600 s an emulated boot may take) until the detached sandbox `name` has logged `text`.
+fn wait_for_log(name: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !stdout(&run(&["logs", name])).contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the detached sandbox {name} never logged {text:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -190,12 +211,7 @@ fn guest_vmm_forbidden_syscall_is_killed_and_reported() {
         err.contains("seccomp") && err.contains("bad system call"),
         "{err}"
     );
-    let ps = run(&["ps", "-a"]);
-    let line = stdout(&ps)
-        .lines()
-        .find(|l| l.contains(&name))
-        .unwrap_or_default()
-        .to_string();
+    let line = ps_line(&name);
     assert!(line.contains("Exited"), "{line}");
     assert_eq!(run(&["rm", &name]).status.code(), Some(0));
 }
@@ -216,18 +232,7 @@ fn guest_detached_logs_exec_and_stop() {
         "echo started; while true; do sleep 1; done",
     ]);
     assert_eq!(o.status.code(), Some(0));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let logs = run(&["logs", &name]);
-        if stdout(&logs).contains("started") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no output from the detached sandbox"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_for_log(&name, "started");
     let ps = run(&["ps"]);
     assert!(stdout(&ps).contains(&name));
     let e = run(&["exec", &name, "sh", "-c", "echo from-exec; exit 5"]);
@@ -235,12 +240,7 @@ fn guest_detached_logs_exec_and_stop() {
     assert_eq!(stdout(&e), "from-exec\n");
     let s = run(&["stop", "-t", "2", &name]);
     assert_eq!(s.status.code(), Some(0));
-    let ps = run(&["ps", "-a"]);
-    let line = stdout(&ps)
-        .lines()
-        .find(|l| l.contains(&name))
-        .unwrap_or_default()
-        .to_string();
+    let line = ps_line(&name);
     assert!(line.contains("Exited"), "{line}");
     assert_eq!(run(&["rm", &name]).status.code(), Some(0));
 }
@@ -292,12 +292,7 @@ fn guest_killing_the_cli_kills_the_vmm() {
         }
     }
     // The next command notices the dead sandbox and marks it exited.
-    let ps = run(&["ps", "-a"]);
-    let line = stdout(&ps)
-        .lines()
-        .find(|l| l.contains(&name))
-        .unwrap_or_default()
-        .to_string();
+    let line = ps_line(&name);
     assert!(line.contains("Exited"), "{line}");
     run(&["rm", &name]);
 }
@@ -1081,14 +1076,7 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
     let id = stdout(&o).trim().to_string();
     let run_dir = std::env::var("MVRUN_RUN_DIR").unwrap_or_else(|_| "/run/mvrun".into());
     let dir = format!("{run_dir}/{id}");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if stdout(&run(&["logs", &name])).contains("up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the sandbox never started");
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_for_log(&name, "up");
     let pid = jailed_vmm_in(&dir).expect("a VMM process with --vmm for the sandbox");
     let proc_ = |p: &str| format!("/proc/{pid}/{p}");
 
@@ -1234,10 +1222,8 @@ fn guest_vmm_is_jailed_and_cleaned_up() {
 
     assert_eq!(run(&["stop", "-t", "1", &name]).status.code(), Some(0));
     // stop kills a supervisor whose guest lingers in its shutdown; the next command then cleans up after it.
-    let ps = run(&["ps", "-a"]);
-    assert!(stdout(&ps)
-        .lines()
-        .any(|l| l.contains(&name) && l.contains("Exited")));
+    let line = ps_line(&name);
+    assert!(line.contains("Exited"), "{line}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(Instant::now() < deadline, "the VMM {pid} outlived stop");

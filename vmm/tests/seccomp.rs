@@ -24,7 +24,8 @@ fn print_and_reset() -> Vec<u8> {
     code
 }
 
-fn run(code: Vec<u8>, level: SeccompLevel, timeout: Duration) -> (vmm::RunOutcome, String) {
+/// A two-vCPU VM running `code` under the filters of `level`, and its console.
+fn build(code: Vec<u8>, level: SeccompLevel) -> (vmm::Vmm, Console) {
     let console = Console::default();
     let config = VmConfig {
         payload: Payload::Raw {
@@ -37,6 +38,11 @@ fn run(code: Vec<u8>, level: SeccompLevel, timeout: Duration) -> (vmm::RunOutcom
         ..Default::default()
     };
     let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
+    (vmm, console)
+}
+
+fn run(code: Vec<u8>, level: SeccompLevel, timeout: Duration) -> (vmm::RunOutcome, String) {
+    let (vmm, console) = build(code, level);
     let outcome = vmm.run(Some(timeout));
     (outcome, console.text())
 }
@@ -65,18 +71,7 @@ fn a_confined_runner_runs_the_guest_and_drops_the_vm_under_the_rest_filter() {
         return;
     }
     for level in [SeccompLevel::Arguments, SeccompLevel::Syscalls] {
-        let console = Console::default();
-        let config = VmConfig {
-            payload: Payload::Raw {
-                code: print_and_reset(),
-                mode: RawMode::Real,
-            },
-            mem_mib: 16,
-            vcpus: 2,
-            seccomp: level,
-            ..Default::default()
-        };
-        let vmm = build_vm(&config, Box::new(console.clone()), Instant::now()).expect("build VM");
+        let (vmm, console) = build(print_and_reset(), level);
         // The runner filters itself once the VM's threads exist and drops the VM under that filter: a call
         // outside `rest` would kill this whole test process.
         let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -391,6 +391,17 @@ mod tests {
         }
 
         /// Gives the device `n` receive buffers and returns the packets it put there.
+        /// A guest connection from `guest_port` to a host listener on `host_port` (`<uds>_<port>`), accepted:
+        /// the host's end, once the guest has its RESPONSE.
+        fn connect_to_host(&mut self, guest_port: u32, host_port: u32) -> UnixStream {
+            let listener =
+                UnixListener::bind(format!("{}_{host_port}", self.uds.display())).unwrap();
+            self.send(guest_pkt(VSOCK_OP_REQUEST, guest_port, host_port, 0), &[]);
+            let (host, _) = listener.accept().unwrap();
+            assert_eq!(self.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+            host
+        }
+
         fn recv(&mut self, n: usize) -> Vec<(Hdr, Vec<u8>)> {
             for _ in 0..n {
                 let a = RX_BASE + (self.rx_slot % 64) * 0x2_0000;
@@ -454,10 +465,7 @@ mod tests {
     fn guest_payload_spread_over_descriptors_reaches_the_host() {
         let mem = TestMem::new();
         let mut rig = Rig::new(&mem);
-        let listener = UnixListener::bind(format!("{}_1300", rig.uds.display())).unwrap();
-        rig.send(guest_pkt(VSOCK_OP_REQUEST, 5000, 1300, 0), &[]);
-        let (mut host, _) = listener.accept().unwrap();
-        assert_eq!(rig.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+        let mut host = rig.connect_to_host(5000, 1300);
 
         // Header, then 40000 bytes in fragments of 4096, 32768 and 3136 (as alloc_skb_with_frags makes them).
         let payload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
@@ -597,10 +605,7 @@ mod tests {
     fn a_host_peer_that_never_reads_bounds_buffering() {
         let mem = TestMem::new();
         let mut rig = Rig::new(&mem);
-        let listener = UnixListener::bind(format!("{}_80", rig.uds.display())).unwrap();
-        rig.send(guest_pkt(VSOCK_OP_REQUEST, 6000, 80, 0), &[]);
-        let (_host, _) = listener.accept().unwrap();
-        assert_eq!(rig.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+        let _host = rig.connect_to_host(6000, 80);
         // A guest that ignores credit and keeps sending 4 KiB packets.
         let chunk = vec![0x5a; 4096];
         let mut most = 0;
@@ -723,10 +728,7 @@ mod tests {
         const BENCH_PACKETS: usize = 1000;
         let mem = TestMem::new();
         let mut rig = Rig::new(&mem);
-        let listener = UnixListener::bind(format!("{}_90", rig.uds.display())).unwrap();
-        rig.send(guest_pkt(VSOCK_OP_REQUEST, 7000, 90, 0), &[]);
-        let (mut host, _) = listener.accept().unwrap();
-        assert_eq!(rig.recv(1)[0].0.op, VSOCK_OP_RESPONSE);
+        let mut host = rig.connect_to_host(7000, 90);
         let payload = [0x42u8; 64];
         let mut sink = [0u8; 64];
         for _ in 0..BENCH_PACKETS {
