@@ -547,17 +547,14 @@ fn child_run(
     }
     let setup = start.elapsed();
     let exit = vmm.exit_handle();
-    let level = config.seccomp;
+    let rest = vmm.rest_filter();
+    let signals_rest = rest.clone();
     // SIGTERM from the keeper stops the VM in order (the outcome is still reported); it is blocked in every
     // thread (inherited from the keeper, kept across exec) and taken here, under the VMM's "rest" filter.
     std::thread::Builder::new()
         .name("vmm-signals".into())
         .spawn(move || {
-            if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Rest, level) {
-                eprintln!("mvrun-vmm: failed to install the rest seccomp filter: {e}");
-                // SAFETY: kill(2) of this process with SIGKILL: no thread may run unconfined.
-                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-            }
+            confine_or_die(signals_rest.as_deref());
             // SAFETY: a local signal set, and sigwait on it with a valid out pointer.
             unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
@@ -582,12 +579,7 @@ fn child_run(
         .name("vmm-run".into())
         .spawn(move || vmm.run_confined(None))
         .map_err(|e| err(&e))?;
-    if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Rest, level) {
-        // The VM's own threads are filtered already; stop it rather than run with a thread unconfined.
-        eprintln!("mvrun-vmm: failed to install the rest seccomp filter: {e}");
-        // SAFETY: kill(2) of this process with SIGKILL, ending it; nothing is left half-done that matters.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
+    confine_or_die(rest.as_deref());
     let outcome = runner
         .join()
         .map_err(|_| "the VMM's run thread panicked".to_string())?;
@@ -597,6 +589,18 @@ fn child_run(
         first_kvm_run: outcome.timings.first_kvm_run,
         boot_timer: outcome.timings.boot_timer,
     })
+}
+
+/// Puts the calling thread under the VMM's "rest" filter (nothing at level 0). A thread that cannot be confined
+/// ends the process: the VM's own threads are filtered already, and none may run without.
+fn confine_or_die(rest: Option<&vmm::seccomp::BpfProgram>) {
+    if let Some(filter) = rest {
+        if let Err(e) = vmm::seccomp::install(vmm::seccomp::ThreadKind::Rest, filter) {
+            eprintln!("mvrun-vmm: failed to install the rest seccomp filter: {e}");
+            // SAFETY: kill(2) of this process with SIGKILL, ending it; nothing is left half-done that matters.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
 }
 
 fn keeper_gone(go: &File) -> bool {

@@ -82,6 +82,12 @@ impl Vmm {
         &self.vm_fd
     }
 
+    /// The "rest" seccomp filter compiled with the VM (none at level 0), for a VMM process's other threads to
+    /// install with [`seccomp::install`] once the VM's threads exist.
+    pub fn rest_filter(&self) -> Option<Arc<seccomp::BpfProgram>> {
+        self.seccomp.rest.clone()
+    }
+
     /// A handle that ends the VM from another thread (`signal(VmExit::Stopped)`) and tells whether it has ended.
     pub fn exit_handle(&self) -> Arc<ExitSignal> {
         self.exit.clone()
