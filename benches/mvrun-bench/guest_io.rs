@@ -279,7 +279,7 @@ pub fn io(ctx: &Ctx) -> Result<Vec<Series>, String> {
     // Where each guest instruction is emulated, every copy of a byte in the guest costs microseconds (the page
     // cache copy, the pipe, the vsock packet): 16 MiB ran for more than 20 minutes there, so a smaller file gives
     // the same rate in minutes.
-    let emulated = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let emulated = mvrun::kernel::Variant::for_this_host() == mvrun::kernel::Variant::Emulated;
     let size = match (ctx.quick, emulated) {
         (_, true) => 1 << 20,
         (true, false) => 2 << 20,
