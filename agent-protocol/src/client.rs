@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 
 use crate::frame::{read_frame, write_frame, Frame, FrameError};
 use crate::types::{
-    Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize, Signal, WorkloadSpec,
+    CgroupStats, Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize, Signal, WaitOom,
+    WorkloadSpec,
 };
 
 /// Errors talking to the agent.
@@ -103,6 +104,22 @@ impl<S: Read + Write> Client<S> {
     pub fn wait(&mut self, id: u32) -> Result<Exited> {
         match self.call(Request::Wait(ProcessRef { id }))? {
             Reply::Exited(e) => Ok(e),
+            other => Err(Error::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The cgroup figures of process `id`'s container.
+    pub fn stats(&mut self, id: u32) -> Result<CgroupStats> {
+        match self.call(Request::Stats(ProcessRef { id }))? {
+            Reply::Stats(s) => Ok(*s),
+            other => Err(Error::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Blocks until process `id`'s container has had more than `seen` OOM kills; returns the count now.
+    pub fn wait_oom(&mut self, id: u32, seen: u64) -> Result<u64> {
+        match self.call(Request::WaitOom(WaitOom { id, seen }))? {
+            Reply::Oom(o) => Ok(o.oom_kill),
             other => Err(Error::Unexpected(format!("{other:?}"))),
         }
     }

@@ -7,7 +7,8 @@
 use std::io::{self, Read, Write};
 
 use crate::types::{
-    ErrorReply, Exec, Exited, ProcessRef, Reply, Request, Resize, Signal, Started, WorkloadSpec,
+    CgroupStats, ErrorReply, Exec, Exited, Oom, ProcessRef, Reply, Request, Resize, Signal,
+    Started, WaitOom, WorkloadSpec,
 };
 use crate::{MAX_PAYLOAD, VERSION};
 
@@ -25,10 +26,14 @@ mod kind {
     pub const WAIT: u8 = 0x06;
     pub const SHUTDOWN: u8 = 0x07;
     pub const ATTACH_STREAM: u8 = 0x08;
+    pub const STATS: u8 = 0x09;
+    pub const WAIT_OOM: u8 = 0x0a;
     pub const OK: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
     pub const EXITED: u8 = 0x83;
     pub const ERROR: u8 = 0x84;
+    pub const STATS_REPLY: u8 = 0x85;
+    pub const OOM: u8 = 0x86;
 }
 
 /// One decoded frame.
@@ -146,7 +151,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Frame>, FrameError> {
 }
 
 fn is_known_kind(kind: u8) -> bool {
-    matches!(kind, kind::CREATE_AND_START..=kind::ATTACH_STREAM | kind::OK..=kind::ERROR)
+    matches!(kind, kind::CREATE_AND_START..=kind::WAIT_OOM | kind::OK..=kind::OOM)
 }
 
 fn json<'a, T: serde::Deserialize<'a>>(kind: u8, payload: &'a [u8]) -> Result<T, FrameError> {
@@ -168,10 +173,14 @@ fn decode_payload(k: u8, p: &[u8]) -> Result<Frame, FrameError> {
         kind::WAIT => Frame::Request(Request::Wait(json::<ProcessRef>(k, p)?)),
         kind::SHUTDOWN => Frame::Request(Request::Shutdown),
         kind::ATTACH_STREAM => Frame::Request(Request::AttachStream(json::<ProcessRef>(k, p)?)),
+        kind::STATS => Frame::Request(Request::Stats(json::<ProcessRef>(k, p)?)),
+        kind::WAIT_OOM => Frame::Request(Request::WaitOom(json::<WaitOom>(k, p)?)),
         kind::OK => Frame::Reply(Reply::Ok),
         kind::STARTED => Frame::Reply(Reply::Started(json::<Started>(k, p)?)),
         kind::EXITED => Frame::Reply(Reply::Exited(json::<Exited>(k, p)?)),
         kind::ERROR => Frame::Reply(Reply::Error(json::<ErrorReply>(k, p)?)),
+        kind::STATS_REPLY => Frame::Reply(Reply::Stats(Box::new(json::<CgroupStats>(k, p)?))),
+        kind::OOM => Frame::Reply(Reply::Oom(json::<Oom>(k, p)?)),
         other => return Err(FrameError::UnknownKind(other)),
     })
 }
@@ -189,10 +198,14 @@ fn encode_payload(frame: &Frame) -> Result<(u8, Vec<u8>), serde_json::Error> {
         Frame::Request(Request::Wait(p)) => (kind::WAIT, serde_json::to_vec(p)?),
         Frame::Request(Request::Shutdown) => (kind::SHUTDOWN, Vec::new()),
         Frame::Request(Request::AttachStream(p)) => (kind::ATTACH_STREAM, serde_json::to_vec(p)?),
+        Frame::Request(Request::Stats(p)) => (kind::STATS, serde_json::to_vec(p)?),
+        Frame::Request(Request::WaitOom(w)) => (kind::WAIT_OOM, serde_json::to_vec(w)?),
         Frame::Reply(Reply::Ok) => (kind::OK, Vec::new()),
         Frame::Reply(Reply::Started(s)) => (kind::STARTED, serde_json::to_vec(s)?),
         Frame::Reply(Reply::Exited(e)) => (kind::EXITED, serde_json::to_vec(e)?),
         Frame::Reply(Reply::Error(e)) => (kind::ERROR, serde_json::to_vec(e)?),
+        Frame::Reply(Reply::Stats(s)) => (kind::STATS_REPLY, serde_json::to_vec(s)?),
+        Frame::Reply(Reply::Oom(o)) => (kind::OOM, serde_json::to_vec(o)?),
     })
 }
 
@@ -282,6 +295,23 @@ mod tests {
             Frame::Reply(Reply::Error(ErrorReply {
                 message: "failed to x".into(),
             })),
+            Frame::Request(Request::Stats(ProcessRef { id: 0 })),
+            Frame::Request(Request::WaitOom(WaitOom { id: 0, seen: 2 })),
+            Frame::Reply(Reply::Stats(Box::new(CgroupStats {
+                memory_current: Some(4096),
+                memory_max: None,
+                memory_stat: [("anon".to_string(), 8192)].into(),
+                cpu_stat: [("usage_usec".to_string(), 12)].into(),
+                pids_max: Some(1024),
+                io: vec![IoStat {
+                    major: 254,
+                    rbytes: 512,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))),
+            Frame::Reply(Reply::Stats(Box::default())),
+            Frame::Reply(Reply::Oom(Oom { id: 0, oom_kill: 3 })),
         ]
     }
 

@@ -177,6 +177,11 @@ pub enum Request {
     Shutdown,
     /// First frame on a stdio connection: binds it to a process. Reply: `Ok`, then raw bytes.
     AttachStream(ProcessRef),
+    /// The cgroup figures of the container that process `id` belongs to. Reply: `Stats`.
+    Stats(ProcessRef),
+    /// Wait until the container of process `id` has had more OOM kills than `seen` (its cgroup's
+    /// `memory.events` `oom_kill`); blocks this control connection like `Wait`. Reply: `Oom`.
+    WaitOom(WaitOom),
 }
 
 /// Replies, guest -> host.
@@ -190,6 +195,10 @@ pub enum Reply {
     Exited(Exited),
     /// The request failed or was malformed; the connection goes on unless the framing broke.
     Error(ErrorReply),
+    /// A container's cgroup figures.
+    Stats(Box<CgroupStats>),
+    /// A container's OOM kill count rose.
+    Oom(Oom),
 }
 
 /// Names a process: [`crate::WORKLOAD`] or an exec id.
@@ -254,4 +263,70 @@ pub struct Exited {
 pub struct ErrorReply {
     /// One line, "failed to ...: cause".
     pub message: String,
+}
+
+/// `WaitOom` payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitOom {
+    /// A process of the container.
+    pub id: u32,
+    /// The OOM kill count the host has already seen (0 at first).
+    pub seen: u64,
+}
+
+/// `Oom` payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Oom {
+    /// The process named in `WaitOom`.
+    pub id: u32,
+    /// The container's OOM kill count now (its cgroup's `memory.events` `oom_kill`), above `seen`.
+    pub oom_kill: u64,
+}
+
+/// One device line of a cgroup's `io.stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IoStat {
+    /// Device major number.
+    pub major: u64,
+    /// Device minor number.
+    pub minor: u64,
+    /// Bytes read.
+    pub rbytes: u64,
+    /// Bytes written.
+    pub wbytes: u64,
+    /// Read operations.
+    pub rios: u64,
+    /// Write operations.
+    pub wios: u64,
+}
+
+/// `Stats` payload: a container's cgroup v2 files as the guest read them. A file the guest kernel lacks (or a
+/// controller not enabled) leaves its field empty; "max" limits are `None`. Keyed files (`memory.stat`,
+/// `memory.events`, `cpu.stat`) are carried whole as name -> value, so the host picks what it maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CgroupStats {
+    /// `memory.current`, bytes.
+    pub memory_current: Option<u64>,
+    /// `memory.max`, bytes (`None`: no limit).
+    pub memory_max: Option<u64>,
+    /// `memory.peak`, bytes (kernels from 5.19).
+    pub memory_peak: Option<u64>,
+    /// `memory.swap.current`, bytes.
+    pub swap_current: Option<u64>,
+    /// `memory.swap.max`, bytes (`None`: no limit).
+    pub swap_max: Option<u64>,
+    /// `memory.stat`.
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    /// `memory.events`.
+    pub memory_events: std::collections::BTreeMap<String, u64>,
+    /// `cpu.stat` (microseconds and counts).
+    pub cpu_stat: std::collections::BTreeMap<String, u64>,
+    /// `pids.current`.
+    pub pids_current: Option<u64>,
+    /// `pids.max` (`None`: no limit).
+    pub pids_max: Option<u64>,
+    /// `io.stat`, one entry per device.
+    pub io: Vec<IoStat>,
 }
