@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::frame::{read_frame, write_frame, Frame};
 use agent_protocol::{
-    ErrorReply, Exited, ProcessRef, Reply, Request, Started, StreamKind, WorkloadSpec, WORKLOAD,
+    ErrorReply, Exited, Oom, ProcessRef, Reply, Request, Started, StreamKind, WorkloadSpec,
+    WORKLOAD,
 };
 use libcontainer::container::Container;
 use nix::sys::signal::{kill, Signal};
@@ -229,6 +230,40 @@ impl Agent {
             Request::AttachStream(_) => {
                 error("failed to attach: streams attach on the stdio ports")
             }
+            Request::Stats(p) => match self.cgroup_dir(p.id).and_then(|d| {
+                crate::cgroup::stats(&d).map_err(|e| {
+                    error(format!("failed to read the stats of process {}: {e}", p.id))
+                })
+            }) {
+                Ok(s) => Reply::Stats(Box::new(s)),
+                Err(r) => r,
+            },
+            Request::WaitOom(w) => self.wait_oom(w.id, w.seen),
+        }
+    }
+
+    /// The cgroup directory of the container that process `id` belongs to.
+    fn cgroup_dir(&self, id: u32) -> Result<PathBuf, Reply> {
+        self.pid_of(id)?;
+        let rel = self
+            .config
+            .cgroups_path
+            .strip_prefix("/")
+            .unwrap_or(&self.config.cgroups_path);
+        Ok(std::path::Path::new(crate::cgroup::ROOT).join(rel))
+    }
+
+    /// Blocks until the container of process `id` has had more than `seen` OOM kills.
+    fn wait_oom(&self, id: u32, seen: u64) -> Reply {
+        let dir = match self.cgroup_dir(id) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        match crate::cgroup::wait_oom(&dir, seen, || self.lock().shutdown) {
+            Ok(oom_kill) => Reply::Oom(Oom { id, oom_kill }),
+            Err(e) => error(format!(
+                "failed to watch process {id}'s container for OOM kills: {e}"
+            )),
         }
     }
 

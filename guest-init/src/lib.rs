@@ -5,6 +5,7 @@
 //! runs on a host as `guest-init run --rootfs DIR -- CMD` for tests and debugging.
 
 pub mod agent;
+pub mod cgroup;
 pub mod cmdline;
 pub mod container;
 pub mod host;
