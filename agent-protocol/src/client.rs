@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 
 use crate::frame::{read_frame, write_frame, Frame, FrameError};
 use crate::types::{
-    CgroupStats, Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize, Signal, WaitOom,
-    WorkloadSpec,
+    CgroupStats, ContainerRef, Exec, Exited, ProcessRef, ProcessSpec, Reply, Request, Resize,
+    Signal, WaitOom, WorkloadSpec,
 };
 
 /// Errors talking to the agent.
@@ -82,6 +82,23 @@ impl<S: Read + Write> Client<S> {
         self.started(Request::Exec(Exec {
             id,
             process: process.clone(),
+            container: None,
+        }))
+    }
+
+    /// Starts another process in container `container` of a multi-container VM under `id` (non-zero).
+    pub fn exec_in(&mut self, container: &str, id: u32, process: &ProcessSpec) -> Result<i32> {
+        self.started(Request::Exec(Exec {
+            id,
+            process: process.clone(),
+            container: Some(container.to_string()),
+        }))
+    }
+
+    /// Kills container `id`'s processes, deletes it and releases its rootfs device; the VM goes on.
+    pub fn delete_container(&mut self, id: &str) -> Result<()> {
+        self.ok(Request::DeleteContainer(ContainerRef {
+            id: id.to_string(),
         }))
     }
 

@@ -7,8 +7,8 @@
 use std::io::{self, Read, Write};
 
 use crate::types::{
-    CgroupStats, ErrorReply, Exec, Exited, Oom, ProcessRef, Reply, Request, Resize, Signal,
-    Started, WaitOom, WorkloadSpec,
+    CgroupStats, ContainerRef, ErrorReply, Exec, Exited, Oom, ProcessRef, Reply, Request, Resize,
+    Signal, Started, WaitOom, WorkloadSpec,
 };
 use crate::{MAX_PAYLOAD, VERSION};
 
@@ -28,6 +28,7 @@ mod kind {
     pub const ATTACH_STREAM: u8 = 0x08;
     pub const STATS: u8 = 0x09;
     pub const WAIT_OOM: u8 = 0x0a;
+    pub const DELETE_CONTAINER: u8 = 0x0b;
     pub const OK: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
     pub const EXITED: u8 = 0x83;
@@ -151,7 +152,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Frame>, FrameError> {
 }
 
 fn is_known_kind(kind: u8) -> bool {
-    matches!(kind, kind::CREATE_AND_START..=kind::WAIT_OOM | kind::OK..=kind::OOM)
+    matches!(kind, kind::CREATE_AND_START..=kind::DELETE_CONTAINER | kind::OK..=kind::OOM)
 }
 
 fn json<'a, T: serde::Deserialize<'a>>(kind: u8, payload: &'a [u8]) -> Result<T, FrameError> {
@@ -175,6 +176,9 @@ fn decode_payload(k: u8, p: &[u8]) -> Result<Frame, FrameError> {
         kind::ATTACH_STREAM => Frame::Request(Request::AttachStream(json::<ProcessRef>(k, p)?)),
         kind::STATS => Frame::Request(Request::Stats(json::<ProcessRef>(k, p)?)),
         kind::WAIT_OOM => Frame::Request(Request::WaitOom(json::<WaitOom>(k, p)?)),
+        kind::DELETE_CONTAINER => {
+            Frame::Request(Request::DeleteContainer(json::<ContainerRef>(k, p)?))
+        }
         kind::OK => Frame::Reply(Reply::Ok),
         kind::STARTED => Frame::Reply(Reply::Started(json::<Started>(k, p)?)),
         kind::EXITED => Frame::Reply(Reply::Exited(json::<Exited>(k, p)?)),
@@ -200,6 +204,9 @@ fn encode_payload(frame: &Frame) -> Result<(u8, Vec<u8>), serde_json::Error> {
         Frame::Request(Request::AttachStream(p)) => (kind::ATTACH_STREAM, serde_json::to_vec(p)?),
         Frame::Request(Request::Stats(p)) => (kind::STATS, serde_json::to_vec(p)?),
         Frame::Request(Request::WaitOom(w)) => (kind::WAIT_OOM, serde_json::to_vec(w)?),
+        Frame::Request(Request::DeleteContainer(c)) => {
+            (kind::DELETE_CONTAINER, serde_json::to_vec(c)?)
+        }
         Frame::Reply(Reply::Ok) => (kind::OK, Vec::new()),
         Frame::Reply(Reply::Started(s)) => (kind::STARTED, serde_json::to_vec(s)?),
         Frame::Reply(Reply::Exited(e)) => (kind::EXITED, serde_json::to_vec(e)?),
@@ -267,13 +274,39 @@ mod tests {
                 mtu: Some(1500),
                 dns: vec!["10.0.0.1".into()],
             }),
+            container: None,
+        };
+        let pod_member = WorkloadSpec {
+            container: Some(ContainerPlacement {
+                id: "app-1".into(),
+                process: 5,
+                rootfs: Some(RootfsDevice {
+                    device: "/dev/vdc".into(),
+                    fstype: Some("erofs".into()),
+                }),
+                join: Some(JoinNamespaces {
+                    container: "sandbox".into(),
+                    namespaces: vec![Namespace::Network, Namespace::Ipc, Namespace::Uts],
+                }),
+            }),
+            ..Default::default()
         };
         vec![
+            Frame::Request(Request::CreateAndStart(Box::new(pod_member))),
             Frame::Request(Request::CreateAndStart(Box::new(spec))),
             Frame::Request(Request::CreateAndStart(Box::default())),
             Frame::Request(Request::Exec(Exec {
                 id: 3,
                 process: ProcessSpec::default(),
+                container: None,
+            })),
+            Frame::Request(Request::Exec(Exec {
+                id: 4,
+                process: ProcessSpec::default(),
+                container: Some("app-1".into()),
+            })),
+            Frame::Request(Request::DeleteContainer(ContainerRef {
+                id: "app-1".into(),
             })),
             Frame::Request(Request::Signal(Signal { id: 0, signal: 15 })),
             Frame::Request(Request::Resize(Resize {
@@ -326,6 +359,37 @@ mod tests {
             assert_eq!(read_frame(&mut r).unwrap(), Some(f));
         }
         assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn single_container_requests_keep_their_wire_form_and_meaning() {
+        // What a host from before pods sends decodes as a request for the VM's one container...
+        let old = br#"{"process": {"args": ["true"]}}"#;
+        let w: WorkloadSpec = serde_json::from_slice(old).unwrap();
+        assert!(w.container.is_none());
+        let e: Exec = serde_json::from_slice(br#"{"id": 2, "process": {"args": ["ls"]}}"#).unwrap();
+        assert!(e.container.is_none());
+        // ...and such requests encode without the new fields, so a guest from before pods reads them too.
+        let json = serde_json::to_string(&WorkloadSpec::default()).unwrap();
+        assert!(!json.contains("container"), "{json}");
+        let json = serde_json::to_string(&Exec {
+            id: 1,
+            process: ProcessSpec::default(),
+            container: None,
+        })
+        .unwrap();
+        assert!(!json.contains("container"), "{json}");
+        // A placement names only what it sets.
+        let p: ContainerPlacement = serde_json::from_slice(
+            br#"{"id": "c", "join": {"container": "s", "namespaces": ["network", "pid"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.process, 0);
+        assert_eq!(
+            p.join.unwrap().namespaces,
+            [Namespace::Network, Namespace::Pid]
+        );
+        assert!(serde_json::from_slice::<JoinNamespaces>(br#"{"namespaces": ["mnt"]}"#).is_err());
     }
 
     #[test]

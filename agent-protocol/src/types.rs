@@ -137,6 +137,71 @@ pub struct WorkloadSpec {
     pub pids_limit: Option<i64>,
     /// Network, when the VM has a network device.
     pub network: Option<NetworkConfig>,
+    /// Which container of a VM that holds several (a pod) this is; absent: the VM's one container, on the boot
+    /// rootfs, as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerPlacement>,
+}
+
+/// Where a container of a multi-container VM (a pod) lives: its id, its init's process id, its root filesystem
+/// and the namespaces it shares with another container of the VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerPlacement {
+    /// The container's id in the guest (`[A-Za-z0-9_.-]`, 1 to 128 characters), unique in the VM.
+    pub id: String,
+    /// The protocol process id of its init: [`crate::WORKLOAD`] only for the VM's first container, else one the
+    /// host chose (non-zero, unique in the VM, like an exec id); its stdio streams attach with it.
+    pub process: u32,
+    /// A block device holding the container's read-only image; absent: the VM's boot rootfs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootfsDevice>,
+    /// Namespaces to join instead of making new ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinNamespaces>,
+}
+
+/// A read-only image on one of the VM's block devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RootfsDevice {
+    /// The guest's device node, `/dev/vdX`.
+    pub device: String,
+    /// Its filesystem type (default `erofs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<String>,
+}
+
+/// A namespace one container of a VM may share with another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    /// Network (interfaces, addresses, ports).
+    Network,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Hostname.
+    Uts,
+    /// Process ids (only when the pod shares them).
+    Pid,
+}
+
+/// Join `namespaces` of the running container `container` (a pod's sandbox container, as the host paths
+/// `/proc/PID/ns/*` of the pod's OCI specs ask).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JoinNamespaces {
+    /// The container whose namespaces are joined.
+    pub container: String,
+    /// Which.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// Names a container of the VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// Its id.
+    pub id: String,
 }
 
 impl Default for WorkloadSpec {
@@ -154,6 +219,7 @@ impl Default for WorkloadSpec {
             cpus: None,
             pids_limit: None,
             network: None,
+            container: None,
         }
     }
 }
@@ -161,9 +227,10 @@ impl Default for WorkloadSpec {
 /// Requests, host -> guest. Every request gets exactly one reply, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
-    /// Create the container and start its workload (process id [`crate::WORKLOAD`]). Reply: `Started`.
+    /// Create the container and start its workload (process id [`crate::WORKLOAD`], or the one its `container`
+    /// placement names). Reply: `Started`.
     CreateAndStart(Box<WorkloadSpec>),
-    /// Start another process in the running container. Reply: `Started`.
+    /// Start another process in a running container. Reply: `Started`.
     Exec(Exec),
     /// Send a signal to a process. Reply: `Ok`.
     Signal(Signal),
@@ -182,6 +249,9 @@ pub enum Request {
     /// Wait until the container of process `id` has had more OOM kills than `seen` (its cgroup's
     /// `memory.events` `oom_kill`); blocks this control connection like `Wait`. Reply: `Oom`.
     WaitOom(WaitOom),
+    /// Kill a container's processes, delete it and release its rootfs device (the host may then detach the
+    /// device). The VM goes on. Reply: `Ok`.
+    DeleteContainer(ContainerRef),
 }
 
 /// Replies, guest -> host.
@@ -215,6 +285,9 @@ pub struct Exec {
     pub id: u32,
     /// The process.
     pub process: ProcessSpec,
+    /// The container to run it in; absent: the VM's first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// `Signal` payload.

@@ -6,8 +6,13 @@
 //! cannot stall the control channel, and the process sees EOF/EPIPE exactly when the host closes its end. A process
 //! started with a terminal is the exception: its stdio is the pty slave, and [`crate::tty::pump`] copies between
 //! the master and the streams (stderr merges into stdout, as with Docker's `-t`).
-//! Bounded: at most [`MAX_PENDING`] unbound streams and [`MAX_PROCESSES`] processes; a malformed frame gets an
-//! `Error` reply and the connection goes on unless the framing itself broke.
+//! Bounded: at most [`MAX_PENDING`] unbound streams, [`MAX_PROCESSES`] processes and [`MAX_CONTAINERS`]
+//! containers; a malformed frame gets an `Error` reply and the connection goes on unless the framing itself broke.
+//!
+//! A VM runs one container, or several (a pod: see [`crate::pod`]): the first one created, on the boot rootfs,
+//! and then any number of named others, each on its own image device, in its own cgroup and hardening, joining
+//! the namespaces of another where the host says. Process ids are the VM's: every container's init and exec
+//! has its own.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -19,23 +24,27 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::frame::{read_frame, write_frame, Frame};
 use agent_protocol::{
-    ErrorReply, Exited, Oom, ProcessRef, Reply, Request, Started, StreamKind, WorkloadSpec,
-    WORKLOAD,
+    ContainerPlacement, ErrorReply, Exited, Namespace, Oom, ProcessRef, Reply, Request, Started,
+    StreamKind, WorkloadSpec, WORKLOAD,
 };
 use libcontainer::container::Container;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::container::{exit_code, Runtime, Stdio};
-use crate::{net, spec};
+use crate::{net, pod, spec};
 
 /// Most stdio connections waiting for their process.
 pub const MAX_PENDING: usize = 48;
-/// Most processes (workload + execs) per container.
+/// Most processes (workloads + execs) per VM.
 pub const MAX_PROCESSES: usize = 1024;
+/// Most containers per VM.
+pub const MAX_CONTAINERS: usize = 64;
 
 struct Proc {
     pid: i32,
+    /// The container it runs in.
+    container: String,
     /// Our duplicate of the process's stdin stream, for `CloseStdin`.
     stdin: Option<OwnedFd>,
     /// The master of its terminal, for `Resize`.
@@ -48,12 +57,29 @@ struct TtyStreams {
     stdout: Option<OwnedFd>,
 }
 
+/// One container of the VM.
+struct Ctr {
+    container: Container,
+    workload: WorkloadSpec,
+    /// The process id of its init.
+    init: u32,
+    /// Its cgroup (below the guest's cgroup root).
+    cgroups_path: PathBuf,
+    /// Its root filesystem.
+    root: PathBuf,
+    /// Its own image mounts (none on the boot rootfs).
+    mounts: Option<pod::Rootfs>,
+    /// Its generated /etc files.
+    etc: PathBuf,
+}
+
 #[derive(Default)]
 struct Inner {
     pending: HashMap<(u32, StreamKind), OwnedFd>,
     procs: HashMap<u32, Proc>,
-    container: Option<Container>,
-    workload: Option<WorkloadSpec>,
+    containers: HashMap<String, Ctr>,
+    /// The first container created: execs that name none run there.
+    first: Option<String>,
     shutdown: bool,
     /// When a `Wait` for the workload was answered.
     exit_delivered: Option<Instant>,
@@ -69,6 +95,12 @@ pub struct Config {
     pub container_id: String,
     /// cgroup path of the container.
     pub cgroups_path: PathBuf,
+    /// Where pod members' own rootfs mounts go (`<dir>/<container id>/`).
+    pub pods_dir: PathBuf,
+    /// Where pod members' rootfs devices live (`/dev` in the guest; tests point it at links to loop devices).
+    pub device_dir: PathBuf,
+    /// Size of each pod member's tmpfs upper layer (tmpfs `size=` syntax).
+    pub tmpfs_size: String,
 }
 
 /// The agent's state, shared by all connection threads.
@@ -217,7 +249,7 @@ impl Agent {
     pub fn handle(&self, req: Request) -> Reply {
         match req {
             Request::CreateAndStart(w) => self.create_and_start(*w),
-            Request::Exec(e) => self.exec(e.id, &e.process),
+            Request::Exec(e) => self.exec(e.id, &e.process, e.container.as_deref()),
             Request::Signal(s) => self.signal(s.id, s.signal),
             Request::Resize(r) => self.resize(r.id, r.rows, r.cols),
             Request::CloseStdin(p) => self.close_stdin(p.id),
@@ -239,17 +271,20 @@ impl Agent {
                 Err(r) => r,
             },
             Request::WaitOom(w) => self.wait_oom(w.id, w.seen),
+            Request::DeleteContainer(c) => self.delete_container(&c.id),
         }
     }
 
     /// The cgroup directory of the container that process `id` belongs to.
     fn cgroup_dir(&self, id: u32) -> Result<PathBuf, Reply> {
-        self.pid_of(id)?;
-        let rel = self
-            .config
-            .cgroups_path
-            .strip_prefix("/")
-            .unwrap_or(&self.config.cgroups_path);
+        let inner = self.lock();
+        let path = inner
+            .procs
+            .get(&id)
+            .and_then(|p| inner.containers.get(&p.container))
+            .map(|c| c.cgroups_path.clone())
+            .ok_or_else(|| error(format!("failed to find process {id}: no such process")))?;
+        let rel = path.strip_prefix("/").unwrap_or(&path);
         Ok(std::path::Path::new(crate::cgroup::ROOT).join(rel))
     }
 
@@ -269,60 +304,200 @@ impl Agent {
 
     fn create_and_start(&self, w: WorkloadSpec) -> Reply {
         let mut inner = self.lock();
-        if inner.container.is_some() || inner.shutdown {
-            return error("failed to create the workload: it was already started");
+        if inner.shutdown {
+            return error("failed to create the workload: the VM is shutting down");
         }
-        let c = &self.config;
+        match w.container.clone() {
+            None if !inner.containers.is_empty() => {
+                error("failed to create the workload: it was already started")
+            }
+            None => {
+                let c = &self.config;
+                let (id, cgroup) = (c.container_id.clone(), c.cgroups_path.clone());
+                let place = Place {
+                    id,
+                    process: WORKLOAD,
+                    cgroups_path: cgroup,
+                    root: c.rootfs.clone(),
+                    mounts: None,
+                    join: None,
+                };
+                self.create(&mut inner, w, place)
+            }
+            Some(p) => match self.place(&inner, &p) {
+                Ok(place) => self.create(&mut inner, w, place),
+                Err(e) => error(format!(
+                    "failed to create container {:?}: {}",
+                    p.id,
+                    chain(&e)
+                )),
+            },
+        }
+    }
+
+    /// Checks a pod member's placement and mounts its rootfs.
+    fn place(&self, inner: &Inner, p: &ContainerPlacement) -> Result<Place, pod::Error> {
+        let invalid = |m: String| Err(pod::Error::Invalid(m));
+        if !pod::valid_container_id(&p.id) {
+            return invalid("container id: use 1 to 128 of [A-Za-z0-9_.-]".into());
+        }
+        if inner.containers.contains_key(&p.id) {
+            return invalid("container id: it exists".into());
+        }
+        if inner.containers.len() >= MAX_CONTAINERS {
+            return invalid("container: too many in this VM".into());
+        }
+        let first = inner.containers.is_empty();
+        if inner.procs.contains_key(&p.process) || (p.process == WORKLOAD && !first) {
+            return invalid(format!("process id {}: it is taken", p.process));
+        }
+        if inner.procs.len() >= MAX_PROCESSES {
+            return invalid("process: too many".into());
+        }
+        let join = match &p.join {
+            None => None,
+            Some(j) => {
+                let Some(target) = inner.containers.get(&j.container) else {
+                    return invalid(format!(
+                        "namespaces of {:?}: no such container",
+                        j.container
+                    ));
+                };
+                let pid = inner.procs.get(&target.init).map(|p| p.pid).unwrap_or(0);
+                if pid <= 0 || self.runtime.reaper.try_status(pid).is_some() {
+                    return invalid(format!("namespaces of {:?}: it has exited", j.container));
+                }
+                Some((pid, j.namespaces.clone()))
+            }
+        };
+        let (root, mounts) = match &p.rootfs {
+            None if first => (self.config.rootfs.clone(), None),
+            None => return invalid("rootfs: the boot rootfs is another container's".into()),
+            Some(d) => {
+                let dev = pod::device_path(&self.config.device_dir, d)?;
+                let fstype = pod::fstype(d)?;
+                if inner
+                    .containers
+                    .values()
+                    .any(|c| c.mounts.as_ref().is_some_and(|m| m.device() == dev))
+                {
+                    return invalid(format!("rootfs device {:?}: it is in use", d.device));
+                }
+                let r = pod::Rootfs::mount(
+                    &self.config.pods_dir.join(&p.id),
+                    &dev,
+                    fstype,
+                    &self.config.tmpfs_size,
+                )?;
+                (r.root.clone(), Some(r))
+            }
+        };
+        Ok(Place {
+            id: p.id.clone(),
+            process: p.process,
+            cgroups_path: PathBuf::from("/mvrun").join(&p.id),
+            root,
+            mounts,
+            join,
+        })
+    }
+
+    /// Creates and starts a container where `place` says.
+    fn create(&self, inner: &mut Inner, w: WorkloadSpec, place: Place) -> Reply {
         let hostname = w
             .hostname
             .clone()
             .unwrap_or_else(|| spec::DEFAULT_HOSTNAME.into());
-        let binds = match net::etc_files(&c.work_dir, &hostname, w.network.as_ref()) {
+        let etc = if place.process == WORKLOAD && w.container.is_none() {
+            self.config.work_dir.clone()
+        } else {
+            self.config.work_dir.join(&place.id)
+        };
+        let failed = |e: &dyn std::error::Error, place: &Place| {
+            if let Some(m) = &place.mounts {
+                m.unmount();
+            }
+            error(chain(e))
+        };
+        let binds = match net::etc_files(&etc, &hostname, w.network.as_ref()) {
             Ok(b) => b,
-            Err(e) => return error(format!("{e}")),
+            Err(e) => return failed(&e, &place),
         };
         let ctx = spec::Context {
-            rootfs: c.rootfs.clone(),
-            cgroups_path: c.cgroups_path.clone(),
+            rootfs: place.root.clone(),
+            cgroups_path: place.cgroups_path.clone(),
             binds,
         };
-        let oci = match spec::build(&w, &ctx) {
+        let mut oci = match spec::build(&w, &ctx) {
             Ok(s) => s,
-            Err(e) => return error(chain(&e)),
+            Err(e) => return failed(&e, &place),
         };
-        let (stdio, stdin, tty) = Self::take_stdio(&mut inner, WORKLOAD, w.process.tty);
+        let joins_net = match &place.join {
+            Some((pid, kinds)) => {
+                if let Err(e) = pod::join_namespaces(&mut oci, *pid, kinds) {
+                    return failed(&e, &place);
+                }
+                kinds.contains(&Namespace::Network)
+            }
+            None => false,
+        };
+        let (stdio, stdin, tty) = Self::take_stdio(inner, place.process, w.process.tty);
         let network = w.network.as_ref();
+        let prepare = |pid| {
+            if joins_net {
+                // The network is the joined container's, set up with it.
+                Ok(())
+            } else {
+                net::setup(pid, network)
+            }
+        };
         match self
             .runtime
-            .create_and_start(&c.container_id, &oci, stdio, |pid| net::setup(pid, network))
+            .create_and_start(&place.id, &oci, stdio, prepare)
         {
             Ok(running) => {
-                Self::start_pump(WORKLOAD, running.master.as_ref(), tty);
+                Self::start_pump(place.process, running.master.as_ref(), tty);
                 inner.procs.insert(
-                    WORKLOAD,
+                    place.process,
                     Proc {
                         pid: running.pid,
+                        container: place.id.clone(),
                         stdin,
                         master: running.master,
                     },
                 );
-                inner.container = Some(running.container);
-                inner.workload = Some(w);
+                inner.first.get_or_insert_with(|| place.id.clone());
+                inner.containers.insert(
+                    place.id.clone(),
+                    Ctr {
+                        container: running.container,
+                        workload: w,
+                        init: place.process,
+                        cgroups_path: place.cgroups_path,
+                        root: place.root,
+                        mounts: place.mounts,
+                        etc,
+                    },
+                );
                 self.changed.notify_all();
                 Reply::Started(Started {
-                    id: WORKLOAD,
+                    id: place.process,
                     pid: running.pid,
                 })
             }
-            Err(e) => error(chain(&e)),
+            Err(e) => failed(&e, &place),
         }
     }
 
-    fn exec(&self, id: u32, p: &agent_protocol::ProcessSpec) -> Reply {
+    fn exec(&self, id: u32, p: &agent_protocol::ProcessSpec, container: Option<&str>) -> Reply {
         let mut inner = self.lock();
-        let Some(w) = inner.workload.clone() else {
+        let Some(name) = container.map(String::from).or_else(|| inner.first.clone()) else {
             return error("failed to exec: the workload has not been started");
         };
+        let Some(c) = inner.containers.get(&name) else {
+            return error(format!("failed to exec: no container {name:?}"));
+        };
+        let (w, root, init) = (c.workload.clone(), c.root.clone(), c.init);
         if id == WORKLOAD || inner.procs.contains_key(&id) {
             return error(format!("failed to exec: process id {id} is taken"));
         }
@@ -331,7 +506,7 @@ impl Agent {
         }
         if inner
             .procs
-            .get(&WORKLOAD)
+            .get(&init)
             .is_some_and(|w| self.runtime.reaper.try_status(w.pid).is_some())
         {
             return error("failed to exec: the workload has exited");
@@ -340,22 +515,53 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return error(chain(&e)),
         };
-        let process = match spec::process(p, &self.config.rootfs, &caps, w.no_new_privileges) {
+        let process = match spec::process(p, &root, &caps, w.no_new_privileges) {
             Ok(p) => p,
             Err(e) => return error(chain(&e)),
         };
         let (stdio, stdin, tty) = Self::take_stdio(&mut inner, id, p.tty);
-        match self
-            .runtime
-            .exec(&self.config.container_id, id, &process, stdio)
-        {
+        match self.runtime.exec(&name, id, &process, stdio) {
             Ok((pid, master)) => {
                 Self::start_pump(id, master.as_ref(), tty);
-                inner.procs.insert(id, Proc { pid, stdin, master });
+                inner.procs.insert(
+                    id,
+                    Proc {
+                        pid,
+                        container: name,
+                        stdin,
+                        master,
+                    },
+                );
                 Reply::Started(Started { id, pid })
             }
             Err(e) => error(chain(&e)),
         }
+    }
+
+    /// Kills a container's processes, deletes it, and releases its rootfs device.
+    fn delete_container(&self, id: &str) -> Reply {
+        let mut inner = self.lock();
+        let Some(mut c) = inner.containers.remove(id) else {
+            return error(format!(
+                "failed to delete container {id:?}: no such container"
+            ));
+        };
+        self.runtime.remove(&mut c.container);
+        if let Some(m) = &c.mounts {
+            m.unmount();
+        }
+        if c.etc != self.config.work_dir {
+            let _ = std::fs::remove_dir_all(&c.etc);
+        }
+        // Its exited processes go; a Wait already in flight keeps the pid it looked up.
+        let reaper = &self.runtime.reaper;
+        inner
+            .procs
+            .retain(|_, p| p.container != id || reaper.try_status(p.pid).is_none());
+        if inner.first.as_deref() == Some(id) {
+            inner.first = None;
+        }
+        Reply::Ok
     }
 
     fn pid_of(&self, id: u32) -> Result<i32, Reply> {
@@ -463,13 +669,32 @@ impl Agent {
         }
     }
 
-    /// Kills every process and deletes the container (errors logged).
+    /// Kills every process and deletes every container (errors logged), the pod members' before the first.
     pub fn stop(&self) {
-        let container = self.lock().container.take();
-        if let Some(mut c) = container {
-            self.runtime.remove(&mut c);
+        let mut inner = self.lock();
+        let first = inner.first.clone();
+        let mut ids: Vec<String> = inner.containers.keys().cloned().collect();
+        ids.sort_by_key(|id| Some(id) == first.as_ref());
+        for id in ids {
+            if let Some(mut c) = inner.containers.remove(&id) {
+                self.runtime.remove(&mut c.container);
+                if let Some(m) = &c.mounts {
+                    m.unmount();
+                }
+            }
         }
     }
+}
+
+/// Where a new container goes.
+struct Place {
+    id: String,
+    process: u32,
+    cgroups_path: PathBuf,
+    root: PathBuf,
+    mounts: Option<pod::Rootfs>,
+    /// The pid whose namespaces it joins, and which.
+    join: Option<(i32, Vec<Namespace>)>,
 }
 
 /// "failed to x: cause: cause" on one line.

@@ -11,6 +11,7 @@ pub mod container;
 pub mod host;
 pub mod net;
 pub mod pid1;
+pub mod pod;
 pub mod seccomp;
 pub mod spec;
 pub mod tty;

@@ -347,6 +347,9 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
         work_dir: Path::new(RUN).join("etc"),
         container_id: "workload".into(),
         cgroups_path: "/mvrun/workload".into(),
+        pods_dir: Path::new(RUN).join("pod"),
+        device_dir: "/dev".into(),
+        tmpfs_size: c.tmpfs_size.clone(),
     };
     let agent = Arc::new(Agent::new(runtime, config));
     let active = Arc::new(AtomicUsize::new(0));

@@ -42,6 +42,9 @@ fn fixture() -> Fixture {
         work_dir: work.path().join("etc"),
         cgroups_path: format!("/mvrun/{id}").into(),
         container_id: id,
+        pods_dir: work.path().join("pods"),
+        device_dir: work.path().join("dev"),
+        tmpfs_size: "16m".into(),
     };
     Fixture {
         agent: Arc::new(Agent::new(runtime, config)),
