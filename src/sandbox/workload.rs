@@ -116,6 +116,8 @@ pub fn workload_spec(o: &RunOptions, image: &ImageDefaults) -> Result<WorkloadSp
         cpus: o.cpus,
         pids_limit: (o.pids_limit > 0).then_some(o.pids_limit),
         network,
+        // `mvrun run`: the VM's one container.
+        container: None,
     })
 }
 
