@@ -90,6 +90,11 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    let vmm = if args.timings {
+        vmm.measure_memory()
+    } else {
+        vmm
+    };
     let outcome = vmm.run(timeout);
     if args.timings {
         print_timings(&outcome.timings, start.elapsed());
@@ -122,15 +127,22 @@ fn print_timings(t: &vmm::Timings, total: Duration) {
     if let Some(d) = t.boot_timer {
         eprintln!("mvrun: launch -> guest boot timer: {}", ms(d));
     }
+    for (name, took) in &t.phases {
+        eprintln!("mvrun: setup phase: {name}: {}", ms(*took));
+    }
     if let Some(kib) = t.rss_before_run_kib {
         eprintln!("mvrun: VMM RSS before the guest ran: {kib} KiB");
-        if let Some(guest) = t.guest_resident_kib {
-            eprintln!("mvrun: guest memory resident then: {guest} KiB");
-            eprintln!(
-                "mvrun: VMM RSS excluding guest memory: {} KiB",
-                kib.saturating_sub(guest)
-            );
-        }
+    }
+    if let Some(guest) = t.guest_resident_kib {
+        eprintln!("mvrun: guest memory resident then (with mapped payload pages): {guest} KiB");
+    }
+    if let Some(m) = t.vmm_memory {
+        eprintln!("mvrun: VMM RSS excluding guest memory: {} KiB", m.rss_kib);
+        eprintln!("mvrun: VMM PSS excluding guest memory: {} KiB", m.pss_kib);
+        eprintln!(
+            "mvrun: VMM private memory excluding guest memory: {} KiB",
+            m.private_kib
+        );
     }
     eprintln!("mvrun: total: {}", ms(total));
 }

@@ -15,7 +15,7 @@ use crate::devices::virtio::{self, block, rng, DeviceEnv};
 use crate::event_loop::{EventLoop, ExitWatcher};
 use crate::exit::ExitSignal;
 use crate::vstate::{memory, vcpu, vm};
-use crate::{loader, Vmm};
+use crate::{loader, PhaseClock, Vmm};
 use event_manager::SubscriberOps;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -90,12 +90,18 @@ fn io_err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> BuildError {
 /// Builds the VM described by `config`, with its console going to `console`. `start` is when the launch began,
 /// for the boot timer.
 pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Result<Vmm, BuildError> {
+    let mut clock = PhaseClock::new(start);
+    clock.mark("launch to VM build");
     config.validate()?;
     let seccomp = crate::seccomp::Filters::new(config.seccomp)?;
+    clock.mark("configuration check, seccomp filters compiled");
     let kvm = vm::open_kvm()?;
+    clock.mark("open /dev/kvm, capabilities");
     let mem_size = config.mem_bytes();
     let guest_memory = memory::create(mem_size)?;
-    let vm_fd = vm::create_vm(&kvm, &guest_memory)?;
+    clock.mark("guest memory mmap");
+    let vm_fd = vm::create_vm(&kvm)?;
+    clock.mark("KVM_CREATE_VM, TSS, irqchip, PIT");
 
     let exit = ExitSignal::new().map_err(io_err("exit eventfd"))?;
     let mut io_bus = Bus::new();
@@ -133,10 +139,36 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
     attach_net_device(&mut env, config)?;
     attach_rng_device(&mut env, config)?;
     let payload = with_device_cmdline(&config.payload, &env.cmdline)?;
+    clock.mark("devices (serial, i8042, boot timer, event loop, virtio)");
 
-    let boot = loader::load(&guest_memory, mem_size, &payload)?;
-    regs::write_boot_tables(&guest_memory, boot.mode)?;
-    mptable::write(&guest_memory, config.vcpus)?;
+    // The memory slots' ioctls sleep in the host kernel (an SRCU grace period each): register them on a
+    // short-lived thread while this one loads the payload, which needs only the host mapping.
+    let (slots, boot) = std::thread::scope(|scope| {
+        let slots = std::thread::Builder::new()
+            .name("vmm-memslots".into())
+            .spawn_scoped(scope, || {
+                let t = Instant::now();
+                vm::register_memory(&vm_fd, &guest_memory).map(|()| t.elapsed())
+            });
+        let boot = load_payload(&guest_memory, mem_size, &payload, config, &mut clock);
+        let slots = match slots {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(vm::Error::Setup {
+                    what: "register guest memory (the thread panicked)",
+                    source: kvm_ioctls::Error::new(libc::EIO),
+                })
+            }),
+            // No thread: register here, after the payload.
+            Err(_) => {
+                let t = Instant::now();
+                vm::register_memory(&vm_fd, &guest_memory).map(|()| t.elapsed())
+            }
+        };
+        (slots, boot)
+    });
+    let boot = boot?;
+    clock.record("KVM memory slots (alongside the payload load)", slots?);
+    clock.mark("wait for the memory slots");
 
     let vcpus = (0..config.vcpus)
         .map(|i| vcpu::create(&kvm, &vm_fd, i, config.vcpus, boot))
@@ -145,6 +177,7 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         what: "vCPU kick signal",
         source,
     })?;
+    clock.mark("vCPU creation (CPUID, MSRs, registers, LAPIC)");
 
     Ok(Vmm {
         vcpus,
@@ -158,7 +191,24 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         seccomp,
         start,
         setup_done: Instant::now(),
+        phases: clock.phases().to_vec(),
+        measure_memory: false,
     })
+}
+
+/// The payload, then the boot tables and the MP table.
+fn load_payload(
+    mem: &memory::GuestMemory,
+    mem_size: u64,
+    payload: &Payload,
+    config: &VmConfig,
+    clock: &mut PhaseClock,
+) -> Result<loader::BootEntry, BuildError> {
+    let boot = loader::load_timed(mem, mem_size, payload, clock)?;
+    regs::write_boot_tables(mem, boot.mode)?;
+    mptable::write(mem, config.vcpus)?;
+    clock.mark("boot tables, MP table");
+    Ok(boot)
 }
 
 /// The payload with the devices' `virtio_mmio.device=` entries appended to a kernel's command line.

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod loader;
+mod mapped_file;
 pub mod rate_limiter;
 pub mod seccomp;
 pub mod vstate;
@@ -24,7 +25,7 @@ pub use exit::VmExit;
 use event_loop::EventLoop;
 use exit::ExitSignal;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Figures the VMM measures about itself.
@@ -36,11 +37,62 @@ pub struct Timings {
     pub first_kvm_run: Option<Duration>,
     /// From launch to the guest's boot-timer write.
     pub boot_timer: Option<Duration>,
-    /// The VMM's resident memory just before the guest ran, in KiB.
+    /// The VMM's resident memory just before the guest ran, in KiB (only with [`Vmm::measure_memory`], as are
+    /// the other memory figures).
     pub rss_before_run_kib: Option<u64>,
-    /// Of that, guest memory already resident (the kernel, initrd and boot tables the VMM wrote), in KiB;
-    /// the difference is the VMM's own overhead.
+    /// Of that, guest memory already resident (the kernel, initrd and boot tables the VMM wrote or mapped), in
+    /// KiB; with the payload mapped from its files this counts their page-cache pages too.
     pub guest_resident_kib: Option<u64>,
+    /// The VMM's own memory just before the guest ran: every mapping of the process but guest memory.
+    pub vmm_memory: Option<ProcessMemory>,
+    /// Where the setup time went, phase by phase, in order (the first is launch to [`build_vm`]'s start; the
+    /// last is the VM built to the boot vCPU's first KVM_RUN: threads, seccomp filters).
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Resident memory of a set of mappings, from /proc/self/smaps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// Proportional set size (shared pages divided among their users), KiB.
+    pub pss_kib: u64,
+    /// Private dirty and anonymous pages (what this process alone costs the host), KiB.
+    pub private_kib: u64,
+}
+
+/// Times setup phases: each [`PhaseClock::mark`] ends the phase that began at the previous mark.
+#[derive(Debug)]
+pub struct PhaseClock {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    /// A clock whose first phase began at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            last: start,
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the current phase, named `name`, and begins the next.
+    pub fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+
+    /// Records a phase measured elsewhere (e.g. on another thread, overlapping the others).
+    pub fn record(&mut self, name: &'static str, took: Duration) {
+        self.phases.push((name, took));
+    }
+
+    /// The phases so far.
+    pub fn phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
+    }
 }
 
 /// How a run ended.
@@ -69,9 +121,18 @@ pub struct Vmm {
     seccomp: seccomp::Filters,
     start: Instant,
     setup_done: Instant,
+    phases: Vec<(&'static str, Duration)>,
+    measure_memory: bool,
 }
 
 impl Vmm {
+    /// Measure the VMM's memory just before the guest runs ([`Timings::vmm_memory`] and the RSS figures); the
+    /// time the measurement takes is left out of [`Timings::first_kvm_run`].
+    pub fn measure_memory(mut self) -> Self {
+        self.measure_memory = true;
+        self
+    }
+
     /// Guest memory, for devices and tests.
     pub fn guest_memory(&self) -> &vstate::memory::GuestMemory {
         &self.guest_memory
@@ -111,8 +172,18 @@ impl Vmm {
     }
 
     fn run_inner(mut self, timeout: Option<Duration>, confine_caller: bool) -> RunOutcome {
-        let rss = rss_kib();
-        let guest_resident = guest_resident_kib(&self.guest_memory);
+        // Measured only when asked (reading smaps takes a while), and left out of the time to the first KVM_RUN.
+        let measuring = Instant::now();
+        let (rss, guest_resident, vmm_memory) = if self.measure_memory {
+            (
+                rss_kib(),
+                guest_resident_kib(&self.guest_memory),
+                vmm_memory(&self.guest_memory),
+            )
+        } else {
+            (None, None, None)
+        };
+        let measured_in = measuring.elapsed();
         let shared = vstate::vcpu::VcpuShared {
             io_bus: self.io_bus.clone(),
             mmio_bus: self.mmio_bus.clone(),
@@ -123,10 +194,18 @@ impl Vmm {
         };
         let exit_signal = self.exit.clone();
         let rest = self.seccomp.rest.clone().filter(|_| confine_caller);
+        // The vCPUs start from this thread, before the event loop's: one thread start less before the first
+        // KVM_RUN. The event-loop thread takes them over (and stops them); if it cannot start, this thread does.
+        let vcpu_threads = Mutex::new(self.start_vcpus(&shared));
         let timed_out = std::thread::scope(|scope| {
             let serve = std::thread::Builder::new()
                 .name("vmm-events".into())
-                .spawn_scoped(scope, || self.serve(&shared, timeout));
+                .spawn_scoped(scope, || {
+                    let threads = std::mem::take(
+                        &mut *vcpu_threads.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    self.serve(&shared, threads, timeout)
+                });
             // After the spawn: a filter is inherited by the threads a thread starts later.
             if let (Ok(_), Some(filter)) = (&serve, &rest) {
                 if let Err(e) = seccomp::install(seccomp::ThreadKind::Rest, filter) {
@@ -154,11 +233,23 @@ impl Vmm {
                         vcpu: 0,
                         message: format!("failed to start the event-loop thread: {e}"),
                     });
+                    let threads = std::mem::take(
+                        &mut *vcpu_threads.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    vstate::vcpu::stop_all(&shared.stop, threads);
                     false
                 }
             }
         });
         let exit = self.exit.reason().unwrap_or(VmExit::Stopped);
+        let first_run = shared.first_run.get().map(|t| *t - measured_in);
+        let mut phases = std::mem::take(&mut self.phases);
+        if let Some(t) = first_run {
+            phases.push((
+                "threads, seccomp, vCPU start to first KVM_RUN",
+                t.saturating_duration_since(self.setup_done),
+            ));
+        }
         RunOutcome {
             exit,
             timed_out,
@@ -169,17 +260,22 @@ impl Vmm {
                 .collect(),
             timings: Timings {
                 setup: self.setup_done - self.start,
-                first_kvm_run: shared.first_run.get().map(|t| *t - self.start),
+                first_kvm_run: first_run.map(|t| t - self.start),
                 boot_timer: self.boot_time.get().copied(),
                 rss_before_run_kib: rss,
                 guest_resident_kib: guest_resident,
+                vmm_memory,
+                phases,
             },
         }
     }
 
-    /// The event-loop thread: starts the vCPUs, installs its own filter, serves events until the VM ends, stops
-    /// the vCPUs. Returns whether the timeout ended the VM.
-    fn serve(&mut self, shared: &vstate::vcpu::VcpuShared, timeout: Option<Duration>) -> bool {
+    /// Starts the vCPU threads (each installs its own filter before its first KVM_RUN). On a failure the VM is
+    /// ended with the reason; the threads started so far are returned all the same.
+    fn start_vcpus(
+        &mut self,
+        shared: &vstate::vcpu::VcpuShared,
+    ) -> Vec<std::thread::JoinHandle<()>> {
         let mut threads = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
             match vcpu.start(shared.clone(), self.seccomp.vcpu.clone()) {
@@ -193,6 +289,17 @@ impl Vmm {
                 }
             }
         }
+        threads
+    }
+
+    /// The event-loop thread: takes the vCPU threads, installs its own filter, serves events until the VM ends, stops
+    /// the vCPUs. Returns whether the timeout ended the VM.
+    fn serve(
+        &mut self,
+        shared: &vstate::vcpu::VcpuShared,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        timeout: Option<Duration>,
+    ) -> bool {
         #[cfg(debug_assertions)]
         let forbidden = seccomp::forbidden_syscall_requested();
         if let Some(filter) = &self.seccomp.event_loop {
@@ -269,9 +376,90 @@ pub fn guest_resident_kib(mem: &vstate::memory::GuestMemory) -> Option<u64> {
     Some(pages * (PAGE as u64) / 1024)
 }
 
+/// The memory of every mapping of this process except guest memory's (from /proc/self/smaps): the VMM's own
+/// overhead, whether guest pages are anonymous or mapped from the payload's files.
+pub fn vmm_memory(mem: &vstate::memory::GuestMemory) -> Option<ProcessMemory> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let guest: Vec<(u64, u64)> = mem
+        .iter()
+        .filter_map(|r| {
+            let host = mem.get_host_address(r.start_addr()).ok()? as u64;
+            Some((host, host + r.len()))
+        })
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    Some(sum_smaps(&smaps, |lo, hi| {
+        guest.iter().any(|&(g0, g1)| lo >= g0 && hi <= g1)
+    }))
+}
+
+/// Sums Rss, Pss and private memory over the mappings of an smaps text that `skip` does not exclude.
+fn sum_smaps(smaps: &str, skip: impl Fn(u64, u64) -> bool) -> ProcessMemory {
+    let mut total = ProcessMemory::default();
+    let mut counted = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some((lo, hi)) = first.split_once('-').and_then(|(lo, hi)| {
+            Some((
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            ))
+        }) {
+            counted = !skip(lo, hi);
+            continue;
+        }
+        if !counted {
+            continue;
+        }
+        let kib = words
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        match first {
+            "Rss:" => total.rss_kib += kib,
+            "Pss:" => total.pss_kib += kib,
+            "Private_Dirty:" | "Private_Clean:" => total.private_kib += kib,
+            _ => {}
+        }
+    }
+    total
+}
+
 /// This process's resident set size in KiB.
 pub fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_sums_skip_the_excluded_mappings() {
+        let smaps = "\
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Rss:                 100 kB
+Pss:                 100 kB
+Private_Dirty:       100 kB
+Private_Clean:         0 kB
+55aa00000000-55aa00010000 r-xp 00000000 fd:01 42 /usr/bin/x
+Rss:                  40 kB
+Pss:                  10 kB
+Private_Clean:         4 kB
+Private_Dirty:         0 kB
+";
+        let m = sum_smaps(smaps, |lo, _| lo == 0x7f00_0000_0000);
+        assert_eq!(
+            m,
+            ProcessMemory {
+                rss_kib: 40,
+                pss_kib: 10,
+                private_kib: 4
+            }
+        );
+        assert_eq!(sum_smaps(smaps, |_, _| false).rss_kib, 140);
+    }
 }

@@ -6,6 +6,7 @@ use crate::arch::layout::{
 };
 use crate::arch::regs::EntryMode;
 use crate::config::{Payload, RawMode};
+use crate::mapped_file::MappedFile;
 use crate::vstate::memory::GuestMemory;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{
@@ -88,6 +89,24 @@ pub struct BootEntry {
 
 /// Loads `payload` into `mem` (of `mem_size` bytes) and returns where the boot vCPU enters.
 pub fn load(mem: &GuestMemory, mem_size: u64, payload: &Payload) -> Result<BootEntry, Error> {
+    load_timed(
+        mem,
+        mem_size,
+        payload,
+        &mut crate::PhaseClock::new(std::time::Instant::now()),
+    )
+}
+
+/// [`load`], marking its phases (kernel, initrd, command line and boot parameters) on `clock`.
+///
+/// The kernel's page-aligned segments and the initrd are mapped from their files rather than copied
+/// ([`crate::mapped_file`]).
+pub fn load_timed(
+    mem: &GuestMemory,
+    mem_size: u64,
+    payload: &Payload,
+    clock: &mut crate::PhaseClock,
+) -> Result<BootEntry, Error> {
     match payload {
         Payload::Raw { code, mode } => {
             mem.write_slice(code, GuestAddress(RAW_CODE_START))
@@ -105,7 +124,7 @@ pub fn load(mem: &GuestMemory, mem_size: u64, payload: &Payload) -> Result<BootE
             kernel,
             initrd,
             cmdline,
-        } => load_kernel(mem, mem_size, kernel, initrd.as_deref(), cmdline),
+        } => load_kernel(mem, mem_size, kernel, initrd.as_deref(), cmdline, clock),
     }
 }
 
@@ -149,12 +168,14 @@ fn load_kernel(
     path: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    clock: &mut crate::PhaseClock,
 ) -> Result<BootEntry, Error> {
-    let mut file = File::open(path).map_err(|source| Error::Read {
+    let read_err = |source| Error::Read {
         what: "kernel",
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = File::open(path).map_err(read_err)?;
     let format = detect_format(&mut file, path)?;
     let too_big = |need: u64| Error::KernelTooBig {
         path: path.to_path_buf(),
@@ -168,9 +189,11 @@ fn load_kernel(
                     return Err(too_big(need));
                 }
             }
+            let mut file = MappedFile::new(file).map_err(read_err)?;
             Elf::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
         }
         Format::BzImage => {
+            let mut file = MappedFile::new(file).map_err(read_err)?;
             BzImage::load(mem, None, &mut file, Some(GuestAddress(HIGH_MEMORY_START)))
         }
     }
@@ -198,8 +221,13 @@ fn load_kernel(
         }
     };
 
+    clock.mark("kernel load");
     let initrd = match initrd {
-        Some(p) => Some(load_initrd(mem, mem_size, result.kernel_end, p)?),
+        Some(p) => {
+            let placed = load_initrd(mem, mem_size, result.kernel_end, p)?;
+            clock.mark("initramfs load");
+            Some(placed)
+        }
         None => None,
     };
 
@@ -211,6 +239,7 @@ fn load_kernel(
         EntryMode::Pvh => boot_params::write_pvh_start_info(mem, mem_size, initrd)?,
         _ => boot_params::write_zero_page(mem, mem_size, header, cmdline.len() + 1, initrd)?,
     }
+    clock.mark("command line, boot parameters");
     Ok(BootEntry { mode, entry })
 }
 
@@ -270,8 +299,8 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let mut file = MappedFile::new(File::open(path).map_err(read_err)?).map_err(read_err)?;
+    let size = file.len();
     let too_big = || Error::InitrdTooBig {
         path: path.to_path_buf(),
         size_mib: size.div_ceil(1 << 20),

@@ -79,8 +79,9 @@ pub fn open_kvm() -> Result<Kvm, Error> {
     Ok(kvm)
 }
 
-/// Creates the VM with its in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT, and registers guest memory.
-pub fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, Error> {
+/// Creates the VM with its in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT; guest memory comes later
+/// ([`register_memory`]).
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(Error::CreateVm)?;
     vm.set_tss_address(TSS_ADDRESS)
         .map_err(|source| Error::Setup {
@@ -100,11 +101,14 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, Error> {
         what: "create the in-kernel PIT",
         source,
     })?;
-    register_memory(&vm, mem)?;
     Ok(vm)
 }
 
-fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), Error> {
+/// Registers every region of guest memory as a KVM memory slot.
+///
+/// Each KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period in the host kernel: milliseconds on a busy
+/// host, spent sleeping, so the builder overlaps it with loading the payload.
+pub fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let host = mem
