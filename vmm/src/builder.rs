@@ -141,34 +141,12 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
     let payload = with_device_cmdline(&config.payload, &env.cmdline)?;
     clock.mark("devices (serial, i8042, boot timer, event loop, virtio)");
 
-    // The memory slots' ioctls sleep in the host kernel (an SRCU grace period each): register them on a
-    // short-lived thread while this one loads the payload, which needs only the host mapping.
-    let (slots, boot) = std::thread::scope(|scope| {
-        let slots = std::thread::Builder::new()
-            .name("vmm-memslots".into())
-            .spawn_scoped(scope, || {
-                let t = Instant::now();
-                vm::register_memory(&vm_fd, &guest_memory).map(|()| t.elapsed())
-            });
-        let boot = load_payload(&guest_memory, mem_size, &payload, config, &mut clock);
-        let slots = match slots {
-            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                Err(vm::Error::Setup {
-                    what: "register guest memory (the thread panicked)",
-                    source: kvm_ioctls::Error::new(libc::EIO),
-                })
-            }),
-            // No thread: register here, after the payload.
-            Err(_) => {
-                let t = Instant::now();
-                vm::register_memory(&vm_fd, &guest_memory).map(|()| t.elapsed())
-            }
-        };
-        (slots, boot)
-    });
-    let boot = boot?;
-    clock.record("KVM memory slots (alongside the payload load)", slots?);
-    clock.mark("wait for the memory slots");
+    let boot = load_payload(&guest_memory, mem_size, &payload, config, &mut clock)?;
+    // Each slot's ioctl sleeps for an SRCU grace period in the host kernel (milliseconds on a busy host). A
+    // thread of its own to overlap it with the payload load was tried: with the payload mapped (well under a
+    // millisecond) the thread's start cost more than it hid.
+    vm::register_memory(&vm_fd, &guest_memory)?;
+    clock.mark("KVM memory slots");
 
     let vcpus = (0..config.vcpus)
         .map(|i| vcpu::create(&kvm, &vm_fd, i, config.vcpus, boot))

@@ -106,8 +106,7 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
 
 /// Registers every region of guest memory as a KVM memory slot.
 ///
-/// Each KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period in the host kernel: milliseconds on a busy
-/// host, spent sleeping, so the builder overlaps it with loading the payload.
+/// Each KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period in the host kernel, whatever the size.
 pub fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
