@@ -124,6 +124,28 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A file name for a metric: letters, digits and single dashes.
+fn file_stem(metric: &str) -> String {
+    let mut out = String::new();
+    for c in metric.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
 fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(), String> {
     let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
     std::fs::write(out.join("results.json"), json).map_err(|e| e.to_string())?;
@@ -132,7 +154,10 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
         for (i, v) in s.values.iter().enumerate() {
             csv.push_str(&format!(
                 "{},{},{},{},{i},{v}\n",
-                s.bench, s.subject, s.metric, s.unit
+                csv_field(&s.bench),
+                csv_field(&s.subject),
+                csv_field(&s.metric),
+                csv_field(&s.unit)
             ));
         }
     }
@@ -185,11 +210,7 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
                 ));
             }
         }
-        let file = format!(
-            "{}-{}.png",
-            bench,
-            metric.replace([' ', '/', '('], "-").replace(')', "")
-        );
+        let file = format!("{}-{}.png", bench, file_stem(metric));
         let series: Vec<(String, Vec<f64>)> = members
             .iter()
             .map(|s| (s.subject.clone(), s.values.clone()))
