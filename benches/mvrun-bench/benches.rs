@@ -105,8 +105,13 @@ fn marker_initramfs(ctx: &Ctx, marker: &str) -> Result<PathBuf, String> {
     ok.then_some(out).ok_or_else(|| "cpio failed".into())
 }
 
-/// Runs `cmd` until a stdout line contains `marker`; returns the time to it, then kills the command.
-fn time_to_marker(mut cmd: Command, marker: &str, limit: Duration) -> Result<Duration, String> {
+/// Runs `cmd` until a stdout line contains `marker`; returns the time to it and the process's PSS then (KiB),
+/// then kills the command.
+fn time_to_marker(
+    mut cmd: Command,
+    marker: &str,
+    limit: Duration,
+) -> Result<(Duration, Option<f64>), String> {
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -125,7 +130,9 @@ fn time_to_marker(mut cmd: Command, marker: &str, limit: Duration) -> Result<Dur
     });
     let result = loop {
         match rx.recv_timeout(limit.saturating_sub(start.elapsed())) {
-            Ok(line) if line.contains(marker) => break Ok(start.elapsed()),
+            Ok(line) if line.contains(marker) => {
+                break Ok((start.elapsed(), rollup_kib(child.id(), "Pss:")))
+            }
             Ok(_) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 break Err(format!("no marker within {limit:?}"))
@@ -153,6 +160,7 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let initrd = marker_initramfs(ctx, marker)?;
     let limit = Duration::from_secs(600);
     let (mut qemu, mut ours) = (Vec::new(), Vec::new());
+    let (mut qemu_pss, mut ours_pss) = (Vec::new(), Vec::new());
     for _ in 0..ctx.iterations(5) {
         let mut q = Command::new("qemu-system-x86_64");
         q.args([
@@ -179,13 +187,17 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1"]);
-        qemu.push(ms(time_to_marker(q, marker, limit)?));
+        let (t, pss) = time_to_marker(q, marker, limit)?;
+        qemu.push(ms(t));
+        qemu_pss.extend(pss.map(|kib| kib / 1024.0));
         let mut m = Command::new(&ctx.mvrun);
         m.args(["vm", "boot", "--mem", "128", "--timeout", "600", "--kernel"])
             .arg(&kernel)
             .arg("--initrd")
             .arg(&initrd);
-        ours.push(ms(time_to_marker(m, marker, limit)?));
+        let (t, pss) = time_to_marker(m, marker, limit)?;
+        ours.push(ms(t));
+        ours_pss.extend(pss.map(|kib| kib / 1024.0));
     }
     Ok(vec![
         series(
@@ -204,6 +216,23 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
             false,
             ours,
         ),
+        // The same guest at the same point in both: the difference is the VMMs' own memory.
+        series(
+            "vmm-peer",
+            "QEMU microvm",
+            "process PSS at init's marker, guest memory included",
+            "MiB",
+            true,
+            qemu_pss,
+        ),
+        series(
+            "vmm-peer",
+            "mvrun vm boot",
+            "process PSS at init's marker, guest memory included",
+            "MiB",
+            true,
+            ours_pss,
+        ),
     ])
 }
 
@@ -217,10 +246,27 @@ pub(crate) fn timing(stderr: &str, label: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Setup phases from `--timings` output (`mvrun: setup phase: NAME: X ms`), in order.
+fn setup_phases(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("mvrun: setup phase: "))
+        .filter_map(|rest| {
+            let (name, value) = rest.rsplit_once(": ")?;
+            Some((
+                name.to_string(),
+                value.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let kernel = kernel(ctx)?;
-    let (mut setup, mut first_run, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ctx.iterations(10) {
+    let (mut setup, mut first_run) = (Vec::new(), Vec::new());
+    let (mut rss, mut pss, mut private) = (Vec::new(), Vec::new(), Vec::new());
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..ctx.iterations(20) {
         let out = Command::new(&ctx.mvrun)
             .args([
                 "vm",
@@ -239,7 +285,16 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
         let err = String::from_utf8_lossy(&out.stderr);
         setup.extend(timing(&err, "VMM setup"));
         first_run.extend(timing(&err, "first KVM_RUN"));
-        rss.extend(timing(&err, "VMM RSS excluding guest memory").map(|kib| kib / 1024.0));
+        let mib = |label| timing(&err, label).map(|kib| kib / 1024.0);
+        rss.extend(mib("VMM RSS excluding guest memory"));
+        pss.extend(mib("VMM PSS excluding guest memory"));
+        private.extend(mib("VMM private memory excluding guest memory"));
+        for (name, ms) in setup_phases(&err) {
+            match phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => phases.push((name, vec![ms])),
+            }
+        }
     }
     let mut out = vec![
         series(
@@ -260,13 +315,39 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
         ),
         series(
             "vmm-overhead",
-            "mvrun",
-            "VMM RSS before the guest runs",
+            "RSS",
+            "VMM memory before the guest runs, guest memory excluded",
             "MiB",
             true,
             rss,
         ),
+        series(
+            "vmm-overhead",
+            "PSS",
+            "VMM memory before the guest runs, guest memory excluded",
+            "MiB",
+            true,
+            pss,
+        ),
+        series(
+            "vmm-overhead",
+            "private (unshared)",
+            "VMM memory before the guest runs, guest memory excluded",
+            "MiB",
+            true,
+            private,
+        ),
     ];
+    out.extend(phases.into_iter().map(|(name, v)| {
+        series(
+            "vmm-overhead",
+            &name,
+            "VMM setup phases (launch to first KVM_RUN)",
+            "ms",
+            true,
+            v,
+        )
+    }));
     if have("valgrind") {
         let mut instr = Vec::new();
         for _ in 0..ctx.iterations(3) {
@@ -428,34 +509,92 @@ fn ctr_peers(ctx: &Ctx, rootfs: &Path, n: usize) -> Result<Vec<Series>, String> 
     Ok(out)
 }
 
-/// Proportional set size of a process, in KiB.
-fn pss_kib(pid: u32) -> Option<f64> {
+/// A field (`Pss:`, `Rss:`) of a process's smaps_rollup, in KiB.
+fn rollup_kib(pid: u32, field: &str) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn vmm_pids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("mvrun-vmm"))
-                .unwrap_or(false)
+/// The processes of each sandbox named in `names`: its supervisor (`mvrun-vmm --sandbox DIR --id ID`) and its
+/// VMM (the same, with `--vmm`), found by the ids `mvrun ps` lists for those names. Other sessions' sandboxes on
+/// the same host are left out.
+fn sandbox_pids(ctx: &Ctx, names: &[String]) -> Vec<(String, Vec<u32>)> {
+    let ps = Command::new(&ctx.mvrun)
+        .arg("ps")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ids: Vec<(String, String)> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let name = names.iter().find(|n| words.contains(&n.as_str()))?;
+            Some((words.first()?.to_string(), name.clone()))
+        })
+        .collect();
+    let procs: Vec<(u32, Vec<String>)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| {
+                    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    let args: Vec<String> = raw
+                        .split(|b| *b == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    args.first()?.ends_with("mvrun-vmm").then_some((pid, args))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.into_iter()
+        .map(|(short, name)| {
+            let pids = procs
+                .iter()
+                .filter(|(_, args)| {
+                    args.windows(2)
+                        .any(|w| w[0] == "--id" && w[1].starts_with(&short))
+                })
+                .map(|(pid, _)| *pid)
+                .collect();
+            (name, pids)
         })
         .collect()
 }
 
+/// memory.current of the VMM cgroup (under mvrun's `/mvrun-vmm`, cgroup v2) that `pid` is in, in KiB: what the
+/// host charges for the VMM, kernel memory (KVM's page tables, vCPU state) included. `None` for a process
+/// elsewhere (the supervisor stays in its caller's cgroup).
+fn cgroup_memory_kib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    if !rel.starts_with("/mvrun-vmm/") {
+        return None;
+    }
+    let bytes: f64 = std::fs::read_to_string(format!("/sys/fs/cgroup{rel}/memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(bytes / 1024.0)
+}
+
 fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let sizes: &[usize] = if ctx.quick { &[1] } else { &[1, 2, 4, 8] };
-    let (mut mem, mut rate) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    let cores = num_cpus() as f64;
     for &n in sizes {
         let tag = format!("bench-{}-{n}", std::process::id());
         let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+        let remove = || {
+            let _ = Command::new(&ctx.mvrun)
+                .arg("rm")
+                .arg("-f")
+                .args(&names)
+                .output();
+        };
         let t = Instant::now();
         for name in &names {
             let o = Command::new(&ctx.mvrun)
@@ -472,6 +611,7 @@ fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
                 .output()
                 .map_err(|e| e.to_string())?;
             if !o.status.success() {
+                remove();
                 return Err(format!(
                     "mvrun run -d failed: {}",
                     String::from_utf8_lossy(&o.stderr).trim()
@@ -489,43 +629,69 @@ fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
         };
         while !all_up(&names) {
             if Instant::now() > deadline {
-                let _ = Command::new(&ctx.mvrun)
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&names)
-                    .output();
+                remove();
                 return Err(format!("{n} sandboxes did not all start in time"));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
         let elapsed = t.elapsed().as_secs_f64();
-        let pss: f64 = vmm_pids().iter().filter_map(|p| pss_kib(*p)).sum();
-        mem.push(pss / 1024.0 / n as f64);
-        rate.push(n as f64 / elapsed / num_cpus() as f64);
-        let _ = Command::new(&ctx.mvrun)
-            .arg("rm")
-            .arg("-f")
-            .args(&names)
-            .output();
-    }
-    Ok(vec![
-        series(
+        // Idle: let the guests settle after their workload started.
+        std::thread::sleep(Duration::from_secs(if ctx.quick { 1 } else { 5 }));
+        let (mut pss, mut rss, mut cgroup) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, pids) in sandbox_pids(ctx, &names) {
+            if pids.len() < 2 {
+                remove();
+                return Err(format!(
+                    "sandbox {name}: expected its supervisor and VMM processes, found {pids:?}"
+                ));
+            }
+            let sum = |field| {
+                pids.iter()
+                    .filter_map(|p| rollup_kib(*p, field))
+                    .sum::<f64>()
+            };
+            pss.push(sum("Pss:") / 1024.0);
+            rss.push(sum("Rss:") / 1024.0);
+            // The VMM's own cgroup (the supervisor stays in the caller's).
+            cgroup.extend(
+                pids.iter()
+                    .find_map(|p| cgroup_memory_kib(*p))
+                    .map(|kib| kib / 1024.0),
+            );
+        }
+        remove();
+        if pss.len() != n {
+            return Err(format!(
+                "found the processes of {} of {n} sandboxes",
+                pss.len()
+            ));
+        }
+        let subject = format!("N = {n}");
+        let mem = |metric: &str, values| series("density", &subject, metric, "MiB", false, values);
+        out.push(mem(
+            "host memory per idle sandbox: PSS of supervisor + VMM, guest memory included",
+            pss,
+        ));
+        out.push(mem(
+            "host memory per idle sandbox: RSS of supervisor + VMM, guest memory included",
+            rss,
+        ));
+        if !cgroup.is_empty() {
+            out.push(mem(
+                "host memory per idle sandbox: the VMM cgroup's memory.current (page cache, kernel memory)",
+                cgroup,
+            ));
+        }
+        out.push(series(
             "density",
-            "mvrun (N = 1, 2, 4, 8)",
-            "host memory per idle sandbox (PSS)",
-            "MiB",
-            false,
-            mem,
-        ),
-        series(
-            "density",
-            "mvrun (N = 1, 2, 4, 8)",
-            "start throughput",
+            &subject,
+            "start throughput (launch to all workloads up)",
             "sandboxes/s/core",
             false,
-            rate,
-        ),
-    ])
+            vec![n as f64 / elapsed / cores],
+        ));
+    }
+    Ok(out)
 }
 
 fn num_cpus() -> usize {
