@@ -115,8 +115,19 @@ fn run(
     let vmm = VmmProcess::spawn(dir, spec).map_err(Error::Vmm)?;
     match vmm.wait_ready() {
         Ok(vmm_process::Report::Ready {
-            jail: Some(jail), ..
-        }) => phases.push(("VMM launch to jail in place".into(), jail)),
+            jail,
+            phases: vmm_phases,
+            ..
+        }) => {
+            if let Some(jail) = jail {
+                phases.push(("VMM launch to jail in place".into(), jail));
+            }
+            phases.extend(
+                vmm_phases
+                    .into_iter()
+                    .map(|(name, took)| (format!("  VMM: {name}"), took)),
+            );
+        }
         Ok(_) => {}
         Err(e) => {
             vmm.kill();

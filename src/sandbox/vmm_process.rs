@@ -64,6 +64,9 @@ pub enum Report {
         jail: Option<Duration>,
         /// From launch to the VM built.
         setup: Duration,
+        /// Where that time went, phase by phase (jail, then the VMM's build phases).
+        #[serde(default)]
+        phases: Vec<(String, Duration)>,
     },
     /// The VM ended.
     Ended(Ended),
@@ -533,6 +536,7 @@ fn child_run(
     if go.read(&mut byte).map_err(|e| err(&e))? == 0 {
         return Err("the keeper went away before the VMM started".into());
     }
+    let go_done = start.elapsed();
     let vmm = vmm::build_vm(&config, Box::new(console), start)
         .map_err(|e| format!("failed to start the microVM: {:#}", anyhow::Error::new(e)))?;
     if let Some(plan) = &plan {
@@ -546,9 +550,25 @@ fn child_run(
         }
     }
     let setup = start.elapsed();
+    // The build's first phase (launch to build) is the jail and the wait for the cgroup here.
+    let mut phases = vec![
+        ("launch, exec, jail".to_string(), jail_done),
+        (
+            "wait for the keeper's cgroup".to_string(),
+            go_done.saturating_sub(jail_done),
+        ),
+    ];
+    let mut built = go_done;
+    for (name, took) in vmm.phases().iter().skip(1) {
+        phases.push((name.to_string(), *took));
+        built += *took;
+    }
+    phases.push((
+        "privileges dropped, signal thread".to_string(),
+        setup.saturating_sub(built),
+    ));
     let exit = vmm.exit_handle();
-    let rest = vmm.rest_filter();
-    let signals_rest = rest.clone();
+    let signals_rest = vmm.rest_filter();
     // SIGTERM from the keeper stops the VM in order (the outcome is still reported); it is blocked in every
     // thread (inherited from the keeper, kept across exec) and taken here, under the VMM's "rest" filter.
     std::thread::Builder::new()
@@ -571,18 +591,12 @@ fn child_run(
     send(&Report::Ready {
         jail: plan.as_ref().map(|_| jail_done),
         setup,
+        phases,
     });
-    // The VM runs on a thread of its own, which confines itself once the VM's threads exist; this thread then
-    // only waits, reports and exits, under the VMM's "rest" filter too (docs/vmm-seccomp.md), installed once the
-    // runner exists so that the runner's own children do not inherit it.
-    let runner = std::thread::Builder::new()
-        .name("vmm-run".into())
-        .spawn(move || vmm.run_confined(None))
-        .map_err(|e| err(&e))?;
-    confine_or_die(rest.as_deref());
-    let outcome = runner
-        .join()
-        .map_err(|_| "the VMM's run thread panicked".to_string())?;
+    // The VM runs from this thread, which confines itself under the VMM's "rest" filter (docs/vmm-seccomp.md)
+    // once the VM's threads exist, then only waits, reports and exits. No runner thread of its own: one thread
+    // start less before the first KVM_RUN.
+    let outcome = vmm.run_confined(None);
     Ok(Ended {
         exit: outcome.exit.to_string(),
         clean: outcome.exit.is_clean(),

@@ -126,6 +126,12 @@ pub struct Vmm {
 }
 
 impl Vmm {
+    /// Where the setup time went so far, phase by phase ([`Timings::phases`] without the last phase, which ends
+    /// at the first KVM_RUN).
+    pub fn phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
+    }
+
     /// Measure the VMM's memory just before the guest runs ([`Timings::vmm_memory`] and the RSS figures); the
     /// time the measurement takes is left out of [`Timings::first_kvm_run`].
     pub fn measure_memory(mut self) -> Self {
