@@ -385,13 +385,25 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
 fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let n = ctx.iterations(5);
     let mut ours = Vec::new();
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..n {
+        let mut stderr = String::new();
         ours.push(timed_success("mvrun run", || {
-            Command::new(&ctx.mvrun)
-                .args(["run", "--rm", "busybox", "/bin/true"])
+            let o = Command::new(&ctx.mvrun)
+                .args(["run", "--rm", "--timings", "busybox", "/bin/true"])
                 .stdin(Stdio::null())
-                .output()
+                .output();
+            if let Ok(o) = &o {
+                stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            }
+            o
         })?);
+        for (name, ms) in run_phases(&stderr) {
+            match phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => phases.push((name, vec![ms])),
+            }
+        }
     }
     let mut out = vec![series(
         "cold-start",
@@ -401,6 +413,18 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
         false,
         ours,
     )];
+    // The VMM's own phases carry to a hardware-KVM host; the guest's do not.
+    out.extend(phases.into_iter().map(|(name, v)| {
+        let hw = name.contains("VMM") && !name.contains("boot");
+        series(
+            "cold-start",
+            &name,
+            "mvrun run phases (--timings)",
+            "ms",
+            hw,
+            v,
+        )
+    }));
     if have("runc") {
         let bundle = ctx.scratch.join("runc-bundle");
         busybox_rootfs(&bundle.join("rootfs"))?;
@@ -446,6 +470,18 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
         }
     }
     Ok(out)
+}
+
+/// The phases `mvrun run --timings` prints (`mvrun: NAME   12.3 ms`), in order.
+fn run_phases(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("mvrun: ")?.strip_suffix(" ms"))
+        .filter_map(|rest| {
+            let (name, value) = rest.trim_end().rsplit_once(' ')?;
+            Some((name.trim().to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Milliseconds `run` took, or its stderr when it failed.
