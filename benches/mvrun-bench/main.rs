@@ -1,8 +1,10 @@
 //! `mvrun-bench`: mvrun's benchmarks, each against its peers in the same run.
 //!
-//! `cargo run --release --bin mvrun-bench -- [--quick] [--out DIR] [--only NAME]...` writes `results.json`,
+//! `cargo run --release --bin mvrun-bench -- [--quick] [--runs N] [--out DIR] [--only NAME]...` writes `results.json`,
 //! `results.csv`, one PNG per measured figure and `summary.md` to DIR (default `bench-results/`), and prints the
 //! summary table. `--quick` runs one iteration with small N: the test suite runs it so the harness cannot rot.
+//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, 8); `--append` keeps the series of
+//! the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
 //!
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
 //! on the same kernel and initramfs, time to init's marker), `vmm-overhead` (VMM setup time and RSS from
@@ -16,11 +18,11 @@ mod guest_io;
 mod plot;
 mod stats;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One measured figure of one subject over repeated runs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Series {
     /// Benchmark name, e.g. `cold-start`.
     pub bench: String,
@@ -41,6 +43,8 @@ pub struct Series {
 pub struct Ctx {
     /// One iteration, small N.
     pub quick: bool,
+    /// Iterations of every benchmark, instead of each one's own full count (`--runs`).
+    pub runs: Option<usize>,
     /// Where the results go.
     pub out: PathBuf,
     /// The `mvrun` binary.
@@ -55,24 +59,34 @@ impl Ctx {
         if self.quick {
             1
         } else {
-            full
+            self.runs.unwrap_or(full)
         }
     }
 }
 
 fn main() {
     let mut quick = false;
+    let mut runs = None;
+    let mut append = false;
     let mut out = PathBuf::from("bench-results");
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--append" => append = true,
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "--only" => only.extend(args.next()),
+            "--runs" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => runs = Some(n),
+                _ => {
+                    eprintln!("mvrun-bench: --runs takes a positive number");
+                    std::process::exit(2);
+                }
+            },
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
-                println!("usage: mvrun-bench [--quick] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
+                println!("usage: mvrun-bench [--quick] [--runs N] [--append] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
                 return;
             }
             other => {
@@ -88,16 +102,31 @@ fn main() {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let ctx = Ctx {
         quick,
+        runs,
         out: out.clone(),
         mvrun: sibling("mvrun"),
         scratch: scratch.path().to_path_buf(),
     };
     let mut results: Vec<Series> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut earlier: Vec<Series> = Vec::new();
+    if append {
+        // Benchmarks run one at a time into one results directory: keep the others' series.
+        if let Ok(text) = std::fs::read_to_string(out.join("results.json")) {
+            match serde_json::from_str::<Vec<Series>>(&text) {
+                Ok(s) => earlier = s,
+                Err(e) => {
+                    eprintln!("mvrun-bench: cannot append to {}: {e}", out.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
     for (name, f) in benches::ALL {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
+        earlier.retain(|s| s.bench != *name);
         eprintln!("== {name}");
         match f(&ctx) {
             Ok(mut r) => results.append(&mut r),
@@ -106,6 +135,13 @@ fn main() {
                 notes.push(format!("`{name}` did not run: {e}"));
             }
         }
+    }
+    if append {
+        earlier.append(&mut results);
+        // In the benchmarks' own order.
+        let rank = |s: &Series| benches::ALL.iter().position(|(n, _)| *n == s.bench);
+        earlier.sort_by_key(rank);
+        results = earlier;
     }
     if let Err(e) = write_results(&out, &results, &notes) {
         eprintln!("mvrun-bench: {e}");
