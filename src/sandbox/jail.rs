@@ -357,6 +357,7 @@ mod tests {
             rootfs: "/img/rootfs.erofs".into(),
             scratch: scratch.then(|| "/run/mvrun/x/scratch.ext4".into()),
             tap: tap.then(|| ("tap0".to_string(), None)),
+            guest_mac: None,
             workload: Default::default(),
             stdio: StdioMode::Log,
             tty: false,

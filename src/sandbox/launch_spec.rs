@@ -44,6 +44,9 @@ pub struct LaunchSpec {
     pub scratch: Option<PathBuf>,
     /// Tap device and the netns to open it in.
     pub tap: Option<(String, Option<PathBuf>)>,
+    /// The guest NIC's MAC on `tap` (the shim gives a pod's VM its CNI veth's MAC); one made from `id` when absent.
+    #[serde(default)]
+    pub guest_mac: Option<[u8; 6]>,
     /// What guest-init runs.
     pub workload: WorkloadSpec,
     /// Where stdio goes.

@@ -146,6 +146,7 @@ fn write_spec(
             Network::None => None,
             Network::Tap { name, netns } => Some((name.clone(), netns.clone())),
         },
+        guest_mac: None,
         workload,
         stdio: if options.detach {
             StdioMode::Log

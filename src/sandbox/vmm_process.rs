@@ -445,7 +445,7 @@ pub fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
             .map(|(name, netns)| vmm::config::NetConfig {
                 tap_name: name.clone(),
                 netns: netns.clone(),
-                mac: guest_mac(&spec.id),
+                mac: spec.guest_mac.unwrap_or_else(|| guest_mac(&spec.id)),
             }),
         rng: true,
         // Rate limits are the VMM's (vmm::rate_limiter); mvrun run does not set them yet.

@@ -4,9 +4,11 @@
 //! - [`service`]: the `Shim` and `Task` services (one shim per container, or per pod);
 //! - [`rootfs`]: containerd's snapshot mounts -> the cached read-only erofs image the guest mounts;
 //! - [`spec`]: the bundle's OCI spec -> the workload guest-init creates;
+//! - [`network`]: the pod's CNI network namespace -> a tap redirected to its veth, and the guest's address;
 //! - [`vm`]: one microVM (the `mvrun-vmm` process) and its agent connection;
 //! - [`process`]: a task's processes, their states and their stdio between containerd's fifos and the guest.
 
+pub mod network;
 pub mod process;
 pub mod rootfs;
 pub mod service;

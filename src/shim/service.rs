@@ -7,6 +7,7 @@
 //! pids: the init process reports the VMM's pid on the host (the process whose death ends the task); exec'd
 //! processes report their pid inside the guest.
 
+use super::network::{self, PodNetwork};
 use super::process::{Process, Status, Stdio};
 use super::vm::Vm;
 use super::{rootfs, spec};
@@ -59,6 +60,8 @@ struct Task {
     next_exec: AtomicU32,
     vm: Vm,
     private_rootfs: Option<PathBuf>,
+    /// The pod network wired into this task's VM (its sandbox container's), undone at delete.
+    network: Option<PodNetwork>,
 }
 
 impl Task {
@@ -140,6 +143,34 @@ fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// The network namespace whose network a container's VM takes over: the pod's (made by CNI) for a pod's sandbox
+/// container, or the one a plain container's spec joins. A pod's other containers name the sandbox's namespace
+/// too, and share its VM and network.
+fn vm_netns(oci: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let kind = spec::annotations(oci).remove(spec::CONTAINER_TYPE_ANNOTATION);
+    if kind.is_some_and(|k| k != "sandbox") {
+        return None;
+    }
+    network::netns_path(oci)
+}
+
+/// Wires the pod network in `ns` for task `id`'s VM, and logs what the guest gets.
+fn attach_network(id: &str, ns: &Path) -> Result<PodNetwork, network::Error> {
+    let t = std::time::Instant::now();
+    let n = PodNetwork::attach(ns)?;
+    tracing::info!(
+        "task {id}: pod network {} ({:?} via {:?}, MTU {:?}) redirected to {} in {} in {:.1} ms",
+        n.veth,
+        n.config.address,
+        n.config.gateway,
+        n.config.mtu,
+        n.tap,
+        ns.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(n)
+}
+
 fn runtime_root() -> PathBuf {
     crate::paths::run_root().join("containerd")
 }
@@ -187,6 +218,11 @@ impl containerd_shim::Shim for Service {
             }
             let _ = std::fs::remove_file(bundle.join(BUNDLE_MARKER));
         }
+        if let Some(ns) = spec::load(&bundle).ok().as_ref().and_then(vm_netns) {
+            if let Err(e) = network::detach_in(&ns) {
+                tracing::warn!("failed to remove the pod network's tap: {e:#}");
+            }
+        }
         let _ = std::fs::remove_file(bundle.join("rootfs.erofs"));
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
@@ -218,7 +254,7 @@ impl Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
-        let workload = spec::workload(&oci, !req.stdin.is_empty())?;
+        let mut workload = spec::workload(&oci, !req.stdin.is_empty())?;
         let t = std::time::Instant::now();
         let root_dir = oci.root().as_ref().map(|r| bundle.join(r.path()));
         let image = rootfs::prepare(
@@ -267,18 +303,39 @@ impl Service {
                 }
             })
         };
+        let drop_image = || {
+            if image.private {
+                let _ = std::fs::remove_file(&image.path);
+            }
+        };
+        let network = match vm_netns(&oci)
+            .map(|ns| attach_network(&req.id, &ns))
+            .transpose()
+        {
+            Ok(n) => n,
+            Err(e) => {
+                drop_image();
+                return Err(e.into());
+            }
+        };
+        if let Some(n) = &network {
+            workload.network = Some(n.config.clone());
+        }
+        let nic = network.as_ref().map(PodNetwork::nic);
         let vm = match Vm::boot(
             runtime_root(),
             &req.id,
             image.path.clone(),
             &workload,
+            nic.as_ref(),
             on_exit,
         ) {
             Ok(vm) => vm,
             Err(e) => {
-                if image.private {
-                    let _ = std::fs::remove_file(&image.path);
+                if let Some(n) = &network {
+                    let _ = n.detach();
                 }
+                drop_image();
                 return Err(e.into());
             }
         };
@@ -293,6 +350,7 @@ impl Service {
             next_exec: AtomicU32::new(1),
             vm,
             private_rootfs: image.private.then_some(image.path),
+            network,
         }))
     }
 
@@ -472,6 +530,11 @@ impl containerd_shim::Task for Service {
             // Created but never started, or exited: end the VM and remove everything this task made.
             task.vm.shutdown();
             task.vm.remove();
+            if let Some(n) = &task.network {
+                if let Err(e) = n.detach() {
+                    tracing::warn!("task {}: failed to undo the pod network: {e:#}", req.id);
+                }
+            }
             if let Some(r) = &task.private_rootfs {
                 let _ = std::fs::remove_file(r);
             }

@@ -56,6 +56,17 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(255)
 }
 
+/// The VM's NIC: a tap in a network namespace (the pod's, see [`super::network`]) and the guest's MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The tap's name in `netns`.
+    pub tap: String,
+    /// The namespace file the VMM opens the tap in.
+    pub netns: PathBuf,
+    /// The guest NIC's MAC.
+    pub mac: [u8; 6],
+}
+
 /// A running microVM.
 pub struct Vm {
     dir: SandboxDir,
@@ -65,13 +76,14 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots a VM for `workload` (its limits size the VM) on `rootfs`, and waits until its agent answers.
-    /// `on_exit` runs once, with the VMM's exit code, when the VMM process ends for whatever reason.
+    /// Boots a VM for `workload` (its limits size the VM) on `rootfs`, with `nic` when given, and waits until its
+    /// agent answers. `on_exit` runs once, with the VMM's exit code, when the VMM process ends for whatever reason.
     pub fn boot(
         runtime_root: PathBuf,
         label: &str,
         rootfs: PathBuf,
         workload: &WorkloadSpec,
+        nic: Option<&Nic>,
         on_exit: Box<dyn FnOnce(i32) + Send>,
     ) -> Result<Vm, Error> {
         let (kernel, initrd) = crate::sandbox::boot_files(None)?;
@@ -89,7 +101,8 @@ impl Vm {
             rootfs,
             // The writable layer is guest RAM (tmpfs); a scratch disk per task is future work.
             scratch: None,
-            tap: None,
+            tap: nic.map(|n| (n.tap.clone(), Some(n.netns.clone()))),
+            guest_mac: nic.map(|n| n.mac),
             workload: workload.clone(),
             stdio: StdioMode::External,
             tty: false,
