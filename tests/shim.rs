@@ -262,12 +262,14 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
     out
 }
 
-/// The VMM processes now running whose sandbox is under the shim's runtime directory.
+/// The VMM processes now running whose sandbox is under the shim's runtime directory. Only this build's
+/// `mvrun-vmm` counts: other sessions' shim tests on the same machine run their own.
 fn vmm_pids() -> Vec<i32> {
+    let ours = Path::new(SHIM).with_file_name("mvrun-vmm");
     let mut out = Vec::new();
     for pid in processes_mentioning("--sandbox") {
         if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-            if exe.file_name().is_some_and(|n| n == "mvrun-vmm") {
+            if exe == ours {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 if String::from_utf8_lossy(&cmd).contains("/containerd/") {
                     out.push(pid);
