@@ -136,6 +136,16 @@ fn main() {
             }
         }
     }
+    // A figure a run could not read (a missing --timings line) is named, not written as an empty series.
+    results.retain(|s| {
+        if s.values.is_empty() {
+            notes.push(format!(
+                "`{}`: no values for {} / {}",
+                s.bench, s.subject, s.metric
+            ));
+        }
+        !s.values.is_empty()
+    });
     if append {
         earlier.append(&mut results);
         // In the benchmarks' own order.

@@ -117,8 +117,12 @@ fn run(
         Ok(vmm_process::Report::Ready {
             jail,
             phases: vmm_phases,
+            guest_ranges,
             ..
         }) => {
+            if spec.timings {
+                print_vmm_memory(vmm.pid(), &guest_ranges);
+            }
             if let Some(jail) = jail {
                 phases.push(("VMM launch to jail in place".into(), jail));
             }
@@ -411,6 +415,21 @@ fn send_window_size(dir: &SandboxDir, client: &mut Option<Client<UnixStream>>) {
             *client = None;
         }
     }
+}
+
+/// The VMM process's own memory as the guest starts (read from outside: the jailed VMM has no /proc), guest
+/// memory excluded.
+fn print_vmm_memory(pid: i32, guest_ranges: &[(u64, u64)]) {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let m = vmm::memory_outside(&smaps, guest_ranges);
+    eprintln!("mvrun: VMM RSS excluding guest memory: {} KiB", m.rss_kib);
+    eprintln!("mvrun: VMM PSS excluding guest memory: {} KiB", m.pss_kib);
+    eprintln!(
+        "mvrun: VMM private memory excluding guest memory: {} KiB",
+        m.private_kib
+    );
 }
 
 fn print_phases(phases: &[(String, Duration)]) {

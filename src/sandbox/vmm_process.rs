@@ -67,6 +67,10 @@ pub enum Report {
         /// Where that time went, phase by phase (jail, then the VMM's build phases).
         #[serde(default)]
         phases: Vec<(String, Duration)>,
+        /// Guest memory's host address ranges in the VMM, so that the keeper can tell the VMM's own memory
+        /// from the guest's in its smaps (the jailed VMM has no /proc).
+        #[serde(default)]
+        guest_ranges: Vec<(u64, u64)>,
     },
     /// The VM ended.
     Ended(Ended),
@@ -592,6 +596,7 @@ fn child_run(
         jail: plan.as_ref().map(|_| jail_done),
         setup,
         phases,
+        guest_ranges: vmm::guest_ranges(vmm.guest_memory()),
     });
     // The VM runs from this thread, which confines itself under the VMM's "rest" filter (docs/vmm-seccomp.md)
     // once the VM's threads exist, then only waits, reports and exits. No runner thread of its own: one thread

@@ -382,21 +382,30 @@ pub fn guest_resident_kib(mem: &vstate::memory::GuestMemory) -> Option<u64> {
     Some(pages * (PAGE as u64) / 1024)
 }
 
-/// The memory of every mapping of this process except guest memory's (from /proc/self/smaps): the VMM's own
-/// overhead, whether guest pages are anonymous or mapped from the payload's files.
-pub fn vmm_memory(mem: &vstate::memory::GuestMemory) -> Option<ProcessMemory> {
+/// The host address ranges of guest memory, `[start, end)`, one per region.
+pub fn guest_ranges(mem: &vstate::memory::GuestMemory) -> Vec<(u64, u64)> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let guest: Vec<(u64, u64)> = mem
-        .iter()
+    mem.iter()
         .filter_map(|r| {
             let host = mem.get_host_address(r.start_addr()).ok()? as u64;
             Some((host, host + r.len()))
         })
-        .collect();
+        .collect()
+}
+
+/// The memory of every mapping of this process except guest memory's (from /proc/self/smaps): the VMM's own
+/// overhead, whether guest pages are anonymous or mapped from the payload's files.
+pub fn vmm_memory(mem: &vstate::memory::GuestMemory) -> Option<ProcessMemory> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    Some(sum_smaps(&smaps, |lo, hi| {
+    Some(memory_outside(&smaps, &guest_ranges(mem)))
+}
+
+/// The memory of the mappings of an smaps text (a VMM process's, read by its parent when the VMM itself has no
+/// /proc) outside the `guest` ranges ([`guest_ranges`]).
+pub fn memory_outside(smaps: &str, guest: &[(u64, u64)]) -> ProcessMemory {
+    sum_smaps(smaps, |lo, hi| {
         guest.iter().any(|&(g0, g1)| lo >= g0 && hi <= g1)
-    }))
+    })
 }
 
 /// Sums Rss, Pss and private memory over the mappings of an smaps text that `skip` does not exclude.
