@@ -1,6 +1,6 @@
 //! Builds a VM from a [`VmConfig`], straight through: KVM, memory, legacy devices, virtio devices, payload,
 //! MP table, vCPUs. The order is fixed so port and MMIO addresses and GSIs stay the same from run to run: virtio
-//! devices take slots in the order blk (as configured), vsock, net, rng. They are placed before the payload is
+//! devices take slots in the order blk (as configured), runtime block slots, vsock, net, rng. They are placed before the payload is
 //! loaded because their `virtio_mmio.device=` entries go on the kernel command line.
 
 use crate::arch::layout::{BOOT_TIMER_START, MMIO_SLOT_SIZE, SERIAL_GSI};
@@ -54,6 +54,9 @@ pub enum BuildError {
     /// A virtio-blk device could not be created.
     #[error(transparent)]
     Block(#[from] block::Error),
+    /// The runtime block slots' socket could not be set up.
+    #[error(transparent)]
+    BlockSlots(#[from] block::slots::Error),
     /// The virtio-rng device could not be created.
     #[error(transparent)]
     Rng(#[from] rng::Error),
@@ -135,6 +138,7 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
         cmdline: Vec::new(),
     };
     attach_block_devices(&mut env, config)?;
+    attach_block_slots(&mut env, config)?;
     attach_vsock_device(&mut env, config)?;
     attach_net_device(&mut env, config)?;
     attach_rng_device(&mut env, config)?;
@@ -222,6 +226,25 @@ fn attach_block_devices(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<()
         let slot = virtio::register_mmio_device(env, Arc::new(Mutex::new(dev)))?;
         tracing::debug!(path = %disk.path.display(), read_only = disk.read_only, "virtio-blk at {:#x}", slot.base);
     }
+    Ok(())
+}
+
+/// Empty read-only disks, right after the configured ones, and the socket that fills them.
+fn attach_block_slots(env: &mut DeviceEnv<'_>, config: &VmConfig) -> Result<(), BuildError> {
+    let Some(cfg) = &config.block_slots else {
+        return Ok(());
+    };
+    let mut slots = Vec::new();
+    for i in 0..cfg.count {
+        let dev = block::Block::new(Box::new(block::EmptyBackend), true, &format!("slot{i}"))?
+            .with_rate_limit(config.block_rate)?;
+        let dev = Arc::new(Mutex::new(dev));
+        let slot = virtio::register_mmio_device(env, dev.clone())?;
+        tracing::debug!("virtio-blk runtime slot {i} at {:#x}", slot.base);
+        slots.push(dev);
+    }
+    let server = block::slots::SlotServer::bind(&cfg.uds_path, slots)?;
+    env.event_loop.add_subscriber(Arc::new(Mutex::new(server)));
     Ok(())
 }
 

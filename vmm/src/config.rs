@@ -63,6 +63,18 @@ pub struct VmConfig {
     pub net_rate: crate::rate_limiter::RateLimit,
     /// The VMM threads' seccomp filters (on by default; off only to debug the VMM).
     pub seccomp: crate::seccomp::SeccompLevel,
+    /// Empty read-only disks that get an image while the guest runs (a pod's later containers), after the
+    /// configured disks; none by default.
+    pub block_slots: Option<BlockSlotsConfig>,
+}
+
+/// Runtime block slots (see `devices::virtio::block::slots`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSlotsConfig {
+    /// How many (at most `slots::MAX_SLOTS`); the guest names them after the configured disks, in order.
+    pub count: u8,
+    /// The unix socket the VMM listens on for attach/detach requests (with the image as an open fd).
+    pub uds_path: PathBuf,
 }
 
 impl Default for VmConfig {
@@ -82,6 +94,7 @@ impl Default for VmConfig {
             block_rate: Default::default(),
             net_rate: Default::default(),
             seccomp: Default::default(),
+            block_slots: None,
         }
     }
 }
@@ -158,6 +171,9 @@ pub enum Error {
     /// More virtio devices than GSIs.
     #[error("{0} virtio devices requested, at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDevices(usize),
+    /// A count of runtime block slots out of range.
+    #[error("{0} runtime block slots requested: 1 to {max} are possible", max = crate::devices::virtio::block::slots::MAX_SLOTS)]
+    BlockSlots(u8),
     /// A disk image is missing.
     #[error("disk image {0} does not exist")]
     MissingDisk(PathBuf),
@@ -240,6 +256,10 @@ impl VmConfig {
     /// How many virtio devices this VM gets.
     pub fn virtio_device_count(&self) -> usize {
         self.block.len()
+            + self
+                .block_slots
+                .as_ref()
+                .map_or(0, |s| usize::from(s.count))
             + usize::from(self.vsock.is_some())
             + usize::from(self.net.is_some())
             + usize::from(self.rng)
@@ -252,6 +272,16 @@ impl VmConfig {
         }
         if let Some(b) = self.block.iter().find(|b| !b.path.exists()) {
             return Err(Error::MissingDisk(b.path.clone()));
+        }
+        if let Some(s) = &self.block_slots {
+            if s.count == 0 || s.count > crate::devices::virtio::block::slots::MAX_SLOTS {
+                return Err(Error::BlockSlots(s.count));
+            }
+            if s.uds_path.as_os_str().len() > MAX_UDS_PATH
+                || !s.uds_path.parent().is_some_and(|d| d.is_dir())
+            {
+                return Err(Error::UdsDirMissing(s.uds_path.clone()));
+            }
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {

@@ -200,6 +200,14 @@ pub fn event_loop() -> Vec<Allowed> {
             },
             "set_nonblocking on accepted vsock streams"
         ),
+        allow!(
+            SYS_recvmsg,
+            "runtime block slots: the host hands over an image as an open fd (SCM_RIGHTS)"
+        ),
+        allow!(
+            SYS_lseek,
+            "runtime block slots: the size of a handed-over image (lseek to its end; pread ignores the offset)"
+        ),
         allow!(SYS_timerfd_settime, "rate limiters arm their timer"),
         allow!(
             SYS_getrandom,

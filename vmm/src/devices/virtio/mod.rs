@@ -184,6 +184,8 @@ pub struct VirtioCommon {
     /// reference count, not a copy of the region list).
     pub mem: Option<Arc<GuestMemory>>,
     needs_reset: bool,
+    /// The ConfigGeneration register: bumped whenever the configuration space changes under the driver.
+    config_generation: u32,
 }
 
 impl VirtioCommon {
@@ -207,6 +209,7 @@ impl VirtioCommon {
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             mem: None,
             needs_reset: false,
+            config_generation: 0,
         })
     }
 
@@ -260,6 +263,18 @@ impl VirtioCommon {
         self.needs_reset = true;
         self.mem = None;
         self.interrupt.trigger(defs::VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The configuration space changed (a disk's capacity): bump ConfigGeneration, so a driver reading it across
+    /// the change reads again, and send a configuration-change interrupt.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.trigger(defs::VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation
     }
 
     /// Signals the used ring to the driver.

@@ -97,6 +97,16 @@ impl Block {
         self.capacity_sectors
     }
 
+    /// Puts `backend` behind the disk while the guest runs (a runtime block slot: an image attached, or the empty
+    /// backend to detach it), as Firecracker's `PATCH /drives` does: the capacity changes, and a
+    /// configuration-change interrupt makes the guest's driver read it again. Requests already served read the
+    /// old image; the guest drops its cached blocks itself when it mounts the new one.
+    pub fn replace_backend(&mut self, backend: Box<dyn DiskBackend>) {
+        self.capacity_sectors = backend.size() / SECTOR_SIZE;
+        self.backend = backend;
+        self.common.config_changed();
+    }
+
     /// Serves every available request. Returns whether the used ring changed.
     pub fn process_queue(&mut self) -> bool {
         let Some(mem_arc) = self.common.mem.clone() else {

@@ -28,6 +28,34 @@ impl FileBackend {
         let size = file.metadata().map_err(err)?.len();
         Ok(FileBackend { file, size })
     }
+
+    /// An image the VMM was handed open (a runtime block slot's, over its socket): sized with lseek, the one
+    /// call the event-loop thread's seccomp filter allows for it.
+    pub fn from_file(file: File) -> std::io::Result<Self> {
+        // SAFETY: lseek on a descriptor we own; it moves only the file offset, which pread ignores.
+        let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+        let size = u64::try_from(end).map_err(|_| std::io::Error::last_os_error())?;
+        Ok(FileBackend { file, size })
+    }
+}
+
+/// No disk at all: a runtime block slot before an image is attached (capacity 0, so the guest asks for nothing).
+#[derive(Debug, Default)]
+pub struct EmptyBackend;
+
+impl DiskBackend for EmptyBackend {
+    fn size(&self) -> u64 {
+        0
+    }
+    fn read_at(&mut self, _offset: u64, _buf: &VolatileSlice<'_>) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::UnexpectedEof.into())
+    }
+    fn write_at(&mut self, _offset: u64, _buf: &VolatileSlice<'_>) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs `op(offset, done)` until `len` bytes moved; `op` returns what pread/pwrite return.

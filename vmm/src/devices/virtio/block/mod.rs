@@ -9,9 +9,10 @@ mod device;
 mod event_handler;
 mod file_backend;
 pub mod request;
+pub mod slots;
 
 pub use device::{Block, BlockStats};
-pub use file_backend::FileBackend;
+pub use file_backend::{EmptyBackend, FileBackend};
 
 use vm_memory::VolatileSlice;
 

@@ -199,7 +199,7 @@ impl MmioTransport {
                 drop(dev);
                 self.status()
             }
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => common.config_generation(),
             _ => {
                 tracing::debug!(offset, "read of an unknown virtio-mmio register");
                 0
