@@ -171,6 +171,14 @@ impl Plan {
                 .unwrap_or_default();
             v.uds_path = Path::new(inside::VM_DIR).join(name);
         }
+        if let Some(s) = &mut config.block_slots {
+            let name = s
+                .uds_path
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            s.uds_path = Path::new(inside::VM_DIR).join(name);
+        }
         if let Some(n) = &mut config.net {
             n.netns = Some(inside::NETNS.into());
         }
@@ -364,6 +372,7 @@ mod tests {
             boot_timeout_secs: 1,
             timings: false,
             cli_phases: Vec::new(),
+            block_slots: 0,
             vmm_seccomp_level: 2,
         }
     }
@@ -447,6 +456,10 @@ mod tests {
                 netns: None,
                 mac: [2, 0, 0, 0, 0, 1],
             }),
+            block_slots: Some(vmm::config::BlockSlotsConfig {
+                count: 2,
+                uds_path: "/run/mvrun/x/vm/slots.sock".into(),
+            }),
             ..Default::default()
         };
         p.jailed_paths(&mut c);
@@ -458,6 +471,7 @@ mod tests {
         assert_eq!(c.block[0].path, Path::new(inside::ROOTFS));
         assert_eq!(c.block[1].path, Path::new(inside::SCRATCH));
         assert_eq!(c.vsock.unwrap().uds_path, Path::new("/vm/vsock.sock"));
+        assert_eq!(c.block_slots.unwrap().uds_path, Path::new("/vm/slots.sock"));
         assert_eq!(
             c.net.unwrap().netns.as_deref(),
             Some(Path::new(inside::NETNS))

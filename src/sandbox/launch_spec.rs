@@ -59,6 +59,10 @@ pub struct LaunchSpec {
     pub timings: bool,
     /// Phases the CLI already measured (name, duration).
     pub cli_phases: Vec<(String, Duration)>,
+    /// Empty read-only disks the front end fills while the guest runs (a pod's later containers: see
+    /// [`slot_device`]); 0 for none.
+    #[serde(default)]
+    pub block_slots: u8,
     /// The VMM threads' seccomp filters: 0 off, 1 system calls, 2 system calls and arguments (the default).
     #[serde(default = "default_vmm_seccomp_level")]
     pub vmm_seccomp_level: u8,
@@ -96,9 +100,33 @@ pub fn guest_cmdline(rootfs_fstype: &str, scratch: bool) -> String {
     vmm::config::cmdline_with(vmm::DEFAULT_CMDLINE, &words)
 }
 
+/// The guest's device node of runtime block slot `slot` in a VM with `disks` configured disks before it (the
+/// rootfs, the scratch disk): the guest names virtio disks in slot order, vda first.
+pub fn slot_device(disks: usize, slot: u8) -> String {
+    let n = disks + usize::from(slot);
+    // vda..vdz, then vdaa.. as Linux's virtblk_name_format does.
+    let letters = b"abcdefghijklmnopqrstuvwxyz";
+    if n < 26 {
+        format!("/dev/vd{}", letters[n] as char)
+    } else {
+        format!(
+            "/dev/vd{}{}",
+            letters[n / 26 - 1] as char,
+            letters[n % 26] as char
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_named_after_the_configured_disks() {
+        assert_eq!(slot_device(1, 0), "/dev/vdb");
+        assert_eq!(slot_device(2, 3), "/dev/vde");
+        assert_eq!(slot_device(1, 25), "/dev/vdaa");
+    }
 
     #[test]
     fn scratch_disk_is_named_on_the_command_line_only_when_there_is_one() {

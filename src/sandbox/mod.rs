@@ -157,6 +157,7 @@ fn write_spec(
         boot_timeout_secs: boot_timeout()?,
         timings: options.timings,
         cli_phases,
+        block_slots: 0,
         vmm_seccomp_level: options.vmm_seccomp.as_u8(),
     };
     let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");

@@ -135,6 +135,10 @@ impl SandboxDir {
     pub fn vsock_path(&self) -> PathBuf {
         self.vm_dir().join("vsock.sock")
     }
+    /// The VMM's runtime block-slot socket (images handed over as fds: vmm's `block::slots`).
+    pub fn slots_path(&self) -> PathBuf {
+        self.vm_dir().join("slots.sock")
+    }
     /// Where the VMM's jail root is mounted, in the VMM's own mount namespace (an empty directory on the host).
     pub fn jail_root(&self) -> PathBuf {
         self.path.join("root")

@@ -457,6 +457,10 @@ pub fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
         net_rate: Default::default(),
         // A level the spec cannot name leaves the filters on.
         seccomp: vmm::seccomp::SeccompLevel::try_from(spec.vmm_seccomp_level).unwrap_or_default(),
+        block_slots: (spec.block_slots > 0).then(|| vmm::config::BlockSlotsConfig {
+            count: spec.block_slots,
+            uds_path: dir.slots_path(),
+        }),
     }
 }
 

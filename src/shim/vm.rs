@@ -109,6 +109,7 @@ impl Vm {
             boot_timeout_secs,
             timings: false,
             cli_phases: Vec::new(),
+            block_slots: 0,
             vmm_seccomp_level: vmm::seccomp::SeccompLevel::default().as_u8(),
         };
         let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
