@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn slots_are_named_after_the_configured_disks() {
         assert_eq!(slot_device(1, 0), "/dev/vdb");
-        assert_eq!(slot_device(2, 3), "/dev/vde");
+        assert_eq!(slot_device(2, 3), "/dev/vdf");
         assert_eq!(slot_device(1, 25), "/dev/vdaa");
     }
 
