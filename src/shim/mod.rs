@@ -6,9 +6,11 @@
 //! - [`spec`]: the bundle's OCI spec -> the workload guest-init creates;
 //! - [`network`]: the pod's CNI network namespace -> a tap redirected to its veth, and the guest's address;
 //! - [`vm`]: one microVM (the `mvrun-vmm` process) and its agent connection;
+//! - [`pod`]: a pod's containers in one VM (CRI's annotations, namespace paths, block slots);
 //! - [`process`]: a task's processes, their states and their stdio between containerd's fifos and the guest.
 
 pub mod network;
+pub mod pod;
 pub mod process;
 pub mod rootfs;
 pub mod service;

@@ -1,17 +1,22 @@
 //! The shim's `Shim` (start/delete of the shim process) and `Task` (the ttrpc API containerd calls) services.
 //!
 //! One shim process serves every container of a group (a pod, told by the CRI sandbox-id annotation, else the
-//! container alone). Each container gets its own microVM today: Create boots it (the slow part), Start creates
-//! the container in it through the agent, and the VM is shut down as soon as the init process exits.
+//! container alone). A container without CRI annotations gets its own microVM: Create boots it (the slow part),
+//! Start creates the container in it through the agent, and the VM is shut down as soon as the init process
+//! exits. A pod is one VM ([`super::pod`]): its sandbox container boots it and ends it; its other containers are
+//! created in it, each on its image in a block slot.
 //!
 //! pids: the init process reports the VMM's pid on the host (the process whose death ends the task); exec'd
 //! processes report their pid inside the guest.
 
 use super::network::{self, PodNetwork};
+use super::pod::{self, Pod, Role};
 use super::process::{Process, Status, Stdio};
 use super::vm::Vm;
 use super::{rootfs, spec};
-use agent_protocol::{StreamKind, WorkloadSpec, WORKLOAD};
+use agent_protocol::{
+    ContainerPlacement, JoinNamespaces, RootfsDevice, StreamKind, WorkloadSpec, WORKLOAD,
+};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
@@ -57,11 +62,20 @@ struct Task {
     workload: WorkloadSpec,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    next_exec: AtomicU32,
-    vm: Vm,
+    /// Process ids of the VM (shared by a pod's containers).
+    next_exec: Arc<AtomicU32>,
+    vm: Arc<Vm>,
     private_rootfs: Option<PathBuf>,
     /// The pod network wired into this task's VM (its sandbox container's), undone at delete.
     network: Option<PodNetwork>,
+    /// The tasks that share this VM: the pod's sandbox id, else the task's own id.
+    group: String,
+    /// The VM is this task's (its own, or the pod's sandbox): ending the task ends the VM.
+    owns_vm: bool,
+    /// A container of a pod VM (the sandbox too): the guest knows it by its task id.
+    in_pod: bool,
+    /// A pod member's VM and block slot.
+    member: Option<(Arc<Pod>, u8)>,
 }
 
 impl Task {
@@ -83,6 +97,8 @@ struct Inner {
     exit: ExitSignal,
     publisher: Mutex<Option<RemotePublisher>>,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Pod VMs by sandbox id.
+    pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
 /// The shim service.
@@ -185,6 +201,7 @@ impl containerd_shim::Shim for Service {
                 exit: ExitSignal::default(),
                 publisher: Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
+                pods: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -255,6 +272,7 @@ impl Service {
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
         let mut workload = spec::workload(&oci, !req.stdin.is_empty())?;
+        let role = pod::role(&oci);
         let t = std::time::Instant::now();
         let root_dir = oci.root().as_ref().map(|r| bundle.join(r.path()));
         let image = rootfs::prepare(
@@ -269,39 +287,45 @@ impl Service {
             image.path.display(),
             t.elapsed().as_secs_f64() * 1e3
         );
+        let private_rootfs = image.private.then(|| image.path.clone());
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let init = Arc::new(Process::new(String::new(), WORKLOAD, stdio, None));
-        // A VMM that ends, however, ends every process of the task: a killed VMM reaches containerd as an exit
-        // (128 + the signal), never as a task that hangs.
-        let on_exit = {
-            let inner = Arc::downgrade(&self.inner);
-            let init = init.clone();
-            let id = req.id.clone();
-            Box::new(move |code: i32| {
-                let Some(inner) = inner.upgrade() else { return };
-                let execs: Vec<Arc<Process>> = inner
-                    .task(&id)
-                    .map(|t| {
-                        t.execs
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .values()
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // A process still running when its VM ends was killed with it: 137 as runc reports a SIGKILL,
-                // or what killed the VMM; an exit the agent already reported stands.
-                let killed = if code == 0 { 128 + libc::SIGKILL } else { code };
-                for p in execs.iter().chain(std::iter::once(&init)) {
-                    inner.exited(&id, p, p.pending_exit().unwrap_or(killed));
+        if let Role::Member(sandbox) = &role {
+            let created = self.create_member(req, &oci, sandbox, workload, &image.path, stdio);
+            return match created {
+                Ok(task) => Ok(Arc::new(Task {
+                    private_rootfs,
+                    ..task
+                })),
+                Err(e) => {
+                    if let Some(r) = &private_rootfs {
+                        let _ = std::fs::remove_file(r);
+                    }
+                    Err(e)
                 }
-            })
+            };
+        }
+        let group = match &role {
+            Role::Sandbox(sandbox) => {
+                // The VM's first container, named so that the pod's others can join its namespaces.
+                workload.container = Some(ContainerPlacement {
+                    id: req.id.clone(),
+                    process: WORKLOAD,
+                    ..Default::default()
+                });
+                sandbox.clone()
+            }
+            _ => req.id.clone(),
+        };
+        let init = Arc::new(Process::new(String::new(), WORKLOAD, stdio, None));
+        let slots = if matches!(role, Role::Sandbox(_)) {
+            pod::SLOTS
+        } else {
+            0
         };
         let drop_image = || {
             if image.private {
@@ -328,9 +352,10 @@ impl Service {
             image.path.clone(),
             &workload,
             nic.as_ref(),
-            on_exit,
+            slots,
+            self.on_vm_exit(&group),
         ) {
-            Ok(vm) => vm,
+            Ok(vm) => Arc::new(vm),
             Err(e) => {
                 if let Some(n) = &network {
                     let _ = n.detach();
@@ -341,17 +366,172 @@ impl Service {
         };
         let _ = std::fs::write(bundle.join(BUNDLE_MARKER), vm.dir().display().to_string());
         init.set_pid(vm.pid());
+        let ids = Arc::new(AtomicU32::new(1));
+        if let Role::Sandbox(sandbox) = &role {
+            self.inner
+                .pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    sandbox.clone(),
+                    Arc::new(Pod::new(req.id.clone(), vm.clone(), ids.clone())),
+                );
+        }
         Ok(Arc::new(Task {
             id: req.id.clone(),
             bundle,
             workload,
             init,
             execs: Mutex::new(HashMap::new()),
-            next_exec: AtomicU32::new(1),
+            next_exec: ids,
             vm,
-            private_rootfs: image.private.then_some(image.path),
+            private_rootfs,
+            group,
+            owns_vm: true,
+            in_pod: matches!(role, Role::Sandbox(_)),
+            member: None,
             network,
         }))
+    }
+
+    /// A VMM that ends, however, ends every process of every task in its VM: a killed VMM reaches containerd as
+    /// an exit (128 + the signal), never as a task that hangs.
+    fn on_vm_exit(&self, group: &str) -> Box<dyn FnOnce(i32) + Send> {
+        let inner = Arc::downgrade(&self.inner);
+        let group = group.to_string();
+        Box::new(move |code: i32| {
+            let Some(inner) = inner.upgrade() else { return };
+            let tasks: Vec<Arc<Task>> = inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|t| t.group == group)
+                .cloned()
+                .collect();
+            // A process still running when its VM ends was killed with it: 137 as runc reports a SIGKILL, or
+            // what killed the VMM; an exit the agent already reported stands.
+            let killed = if code == 0 { 128 + libc::SIGKILL } else { code };
+            for t in tasks {
+                let execs: Vec<Arc<Process>> = t
+                    .execs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for p in execs.iter().chain(std::iter::once(&t.init)) {
+                    inner.exited(&t.id, p, p.pending_exit().unwrap_or(killed));
+                }
+            }
+        })
+    }
+
+    /// A pod member: its image into a free block slot of the pod's VM; the guest creates it at Start.
+    fn create_member(
+        &self,
+        req: &api::CreateTaskRequest,
+        oci: &oci_spec::runtime::Spec,
+        sandbox: &str,
+        mut workload: WorkloadSpec,
+        image: &Path,
+        stdio: Stdio,
+    ) -> anyhow::Result<Task> {
+        let pod = self
+            .inner
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sandbox)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("pod sandbox {sandbox} is not running in this shim"))?;
+        if pod.vm.exit_code().is_some() {
+            anyhow::bail!("the VM of pod sandbox {sandbox} has ended");
+        }
+        let slot = pod.slots.claim(&req.id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "pod sandbox {sandbox} has no free block slot ({} containers at most)",
+                pod::SLOTS
+            )
+        })?;
+        let t = std::time::Instant::now();
+        let attached = std::fs::File::open(image)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| {
+                Ok(vmm::devices::virtio::block::slots::attach(
+                    &pod.vm.slots_path(),
+                    slot,
+                    &f,
+                )?)
+            });
+        if let Err(e) = attached {
+            pod.slots.release(slot);
+            return Err(e.context(format!(
+                "failed to attach the image of {} to its pod's VM",
+                req.id
+            )));
+        }
+        tracing::info!(
+            "task {}: image attached to block slot {slot} of pod {sandbox} in {:.1} ms",
+            req.id,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        let join = pod::shared_namespaces(oci);
+        let init_id = pod.next_id();
+        workload.container = Some(ContainerPlacement {
+            id: req.id.clone(),
+            process: init_id,
+            rootfs: Some(RootfsDevice {
+                // The pod's VM has one configured disk, its sandbox's image: slots follow it.
+                device: crate::sandbox::launch_spec::slot_device(1, slot),
+                fstype: Some(crate::sandbox::rootfs_fstype(image).to_string()),
+            }),
+            join: (!join.is_empty()).then(|| JoinNamespaces {
+                container: pod.sandbox.clone(),
+                namespaces: join,
+            }),
+        });
+        let init = Arc::new(Process::new(String::new(), init_id, stdio, None));
+        init.set_pid(pod.vm.pid());
+        Ok(Task {
+            id: req.id.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            workload,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            next_exec: pod.ids.clone(),
+            vm: pod.vm.clone(),
+            private_rootfs: None,
+            group: sandbox.to_string(),
+            owns_vm: false,
+            in_pod: true,
+            member: Some((pod.clone(), slot)),
+            network: None,
+        })
+    }
+
+    /// Ends a pod member in the guest and empties its block slot; the VM goes on.
+    fn remove_member(&self, task: &Task) {
+        let Some((pod, slot)) = &task.member else {
+            return;
+        };
+        if task.vm.exit_code().is_none() {
+            if let Err(e) = task
+                .vm
+                .control()
+                .and_then(|mut c| Ok(c.delete_container(&task.id)?))
+            {
+                tracing::warn!("task {}: failed to delete it in the guest: {e}", task.id);
+            }
+            if let Err(e) = vmm::devices::virtio::block::slots::detach(&task.vm.slots_path(), *slot)
+            {
+                tracing::warn!(
+                    "task {}: failed to empty its block slot {slot}: {e}",
+                    task.id
+                );
+            }
+        }
+        pod.slots.release(*slot);
     }
 
     /// Attaches a process's streams, starts it, and starts the thread that waits for its exit.
@@ -367,6 +547,7 @@ impl Service {
         let mut control = vm.control()?;
         let guest_pid = match &p.spec {
             None => control.create_and_start(&task.workload)?,
+            Some(spec) if task.in_pod => control.exec_in(&task.id, p.agent_id, spec)?,
             Some(spec) => control.exec(p.agent_id, spec)?,
         };
         p.plumb(stdout, stderr, stdin);
@@ -385,7 +566,7 @@ impl Service {
                     p.exit_pending(e.code);
                     p.drain();
                     inner.exited(&task.id, &p, e.code);
-                    if p.exec_id.is_empty() {
+                    if p.exec_id.is_empty() && task.owns_vm {
                         // The container is over: the VM has nothing left to do.
                         let t = std::time::Instant::now();
                         task.vm.shutdown();
@@ -401,7 +582,12 @@ impl Service {
                     // The agent is gone or broken while the VM may still run: end the VM, whose watcher then
                     // reports the exit, rather than leave containerd waiting forever.
                     tracing::warn!("lost the guest agent of task {}: {e}", task.id);
-                    task.vm.kill();
+                    if task.owns_vm {
+                        task.vm.kill();
+                    } else {
+                        // A pod member: the pod's VM goes on; this process is lost to containerd.
+                        inner.exited(&task.id, &p, 255);
+                    }
                 }
             }
         });
@@ -527,9 +713,20 @@ impl containerd_shim::Task for Service {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&req.exec_id);
         } else {
-            // Created but never started, or exited: end the VM and remove everything this task made.
-            task.vm.shutdown();
-            task.vm.remove();
+            // Created but never started, or exited: end the VM (a pod member: the container in it) and remove
+            // everything this task made.
+            if task.owns_vm {
+                task.vm.shutdown();
+                task.vm.remove();
+                let _ = std::fs::remove_file(task.bundle.join(BUNDLE_MARKER));
+                self.inner
+                    .pods
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&task.group);
+            } else {
+                self.remove_member(&task);
+            }
             if let Some(n) = &task.network {
                 if let Err(e) = n.detach() {
                     tracing::warn!("task {}: failed to undo the pod network: {e:#}", req.id);
@@ -538,7 +735,6 @@ impl containerd_shim::Task for Service {
             if let Some(r) = &task.private_rootfs {
                 let _ = std::fs::remove_file(r);
             }
-            let _ = std::fs::remove_file(task.bundle.join(BUNDLE_MARKER));
             self.inner
                 .tasks
                 .lock()
@@ -625,7 +821,7 @@ impl containerd_shim::Task for Service {
                 Ok(())
             });
         if let Err(e) = sent {
-            if signal == libc::SIGKILL && p.exec_id.is_empty() {
+            if signal == libc::SIGKILL && p.exec_id.is_empty() && task.owns_vm {
                 // The guest does not answer: SIGKILL of the task still has to end it.
                 task.vm.kill();
             } else {

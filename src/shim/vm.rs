@@ -76,14 +76,16 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots a VM for `workload` (its limits size the VM) on `rootfs`, with `nic` when given, and waits until its
-    /// agent answers. `on_exit` runs once, with the VMM's exit code, when the VMM process ends for whatever reason.
+    /// Boots a VM for `workload` (its limits size the VM) on `rootfs`, with `nic` when given and `block_slots` empty
+    /// disks for a pod's later containers, and waits until its agent answers. `on_exit` runs once, with the VMM's
+    /// exit code, when the VMM process ends for whatever reason.
     pub fn boot(
         runtime_root: PathBuf,
         label: &str,
         rootfs: PathBuf,
         workload: &WorkloadSpec,
         nic: Option<&Nic>,
+        block_slots: u8,
         on_exit: Box<dyn FnOnce(i32) + Send>,
     ) -> Result<Vm, Error> {
         let (kernel, initrd) = crate::sandbox::boot_files(None)?;
@@ -109,7 +111,7 @@ impl Vm {
             boot_timeout_secs,
             timings: false,
             cli_phases: Vec::new(),
-            block_slots: 0,
+            block_slots,
             vmm_seccomp_level: vmm::seccomp::SeccompLevel::default().as_u8(),
         };
         let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
@@ -295,5 +297,10 @@ impl Vm {
     /// The runtime directory.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// The VMM's block-slot socket (a pod's VM).
+    pub fn slots_path(&self) -> PathBuf {
+        self.dir.slots_path()
     }
 }
