@@ -71,6 +71,8 @@ struct Ctr {
     mounts: Option<pod::Rootfs>,
     /// Its generated /etc files.
     etc: PathBuf,
+    /// Its seccomp profile, for its exec'd processes.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 #[derive(Default)]
@@ -441,6 +443,7 @@ impl Agent {
             }
             None => false,
         };
+        let seccomp = oci.linux().as_ref().and_then(|l| l.seccomp().clone());
         let (stdio, stdin, tty) = Self::take_stdio(inner, place.process, w.process.tty);
         let network = w.network.as_ref();
         let prepare = |pid| {
@@ -477,6 +480,7 @@ impl Agent {
                         root: place.root,
                         mounts: place.mounts,
                         etc,
+                        seccomp,
                     },
                 );
                 self.changed.notify_all();
@@ -498,6 +502,7 @@ impl Agent {
             return error(format!("failed to exec: no container {name:?}"));
         };
         let (w, root, init) = (c.workload.clone(), c.root.clone(), c.init);
+        let seccomp = c.seccomp.clone();
         if id == WORKLOAD || inner.procs.contains_key(&id) {
             return error(format!("failed to exec: process id {id} is taken"));
         }
@@ -520,7 +525,10 @@ impl Agent {
             Err(e) => return error(chain(&e)),
         };
         let (stdio, stdin, tty) = Self::take_stdio(&mut inner, id, p.tty);
-        match self.runtime.exec(&name, id, &process, stdio) {
+        match self
+            .runtime
+            .exec(&name, id, &process, seccomp.as_ref(), stdio)
+        {
             Ok((pid, master)) => {
                 Self::start_pump(id, master.as_ref(), tty);
                 inner.procs.insert(

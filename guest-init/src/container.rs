@@ -19,7 +19,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 
 /// Exit code for guest-init's own failures (Docker's 125).
 pub const EXIT_OWN_FAILURE: i32 = 125;
@@ -242,8 +242,16 @@ pub fn exit_code(status: WaitStatus) -> (i32, Option<i32>) {
 
 /// Runs the workload's command inside the finished container: looks it up in PATH and maps exec failures to
 /// Docker's 126/127 (libcontainer's default executor fails before start instead, with no way to tell why).
-#[derive(Clone)]
-struct DockerExecutor;
+///
+/// For an exec'd process it also installs the container's seccomp filter: libcontainer 0.7 builds a tenant's spec
+/// with the container's namespaces and cgroup but not its seccomp profile, so without this an exec'd process would
+/// run unfiltered (runc filters it as the container's init). Installed last, with no_new_privs already set (a
+/// process without no_new_privs, `--security-opt no-new-privileges=false`, cannot install it any more and runs
+/// unfiltered, with a warning on its stderr).
+#[derive(Clone, Default)]
+struct DockerExecutor {
+    seccomp: Option<LinuxSeccomp>,
+}
 
 impl Executor for DockerExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
@@ -258,6 +266,20 @@ impl Executor for DockerExecutor {
             .filter(|p| p.terminal() == Some(true))
         {
             apply_console_size(p);
+        }
+        let nnp = spec.process().as_ref().and_then(|p| p.no_new_privileges()) == Some(true);
+        if let (Some(_), false) = (&self.seccomp, nnp) {
+            // Without no_new_privs an unprivileged process cannot install a filter (and capabilities are gone):
+            // say so rather than fail the exec.
+            eprintln!(
+                "guest-init: no-new-privileges=false: this exec runs without the container's seccomp filter"
+            );
+        }
+        if let Some(profile) = self.seccomp.as_ref().filter(|_| nnp) {
+            if let Err(e) = libcontainer::seccomp::initialize_seccomp(profile) {
+                eprintln!("guest-init: failed to apply the container's seccomp filter: {e}");
+                std::process::exit(EXIT_OWN_FAILURE);
+            }
         }
         exec_or_exit(&args)
     }
@@ -405,7 +427,7 @@ impl Runtime {
             .transpose()?;
         let guard = self.reaper.hold();
         let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_executor(DockerExecutor)
+            .with_executor(DockerExecutor::default())
             .with_root_path(&self.state_root)
             .map_err(Self::lc("configure"))?
             .with_console_socket(console.as_ref().map(|c| c.path()));
@@ -438,13 +460,14 @@ impl Runtime {
         })
     }
 
-    /// Starts `process` inside the running container `id`; returns its pid and, when it asks for a terminal, the
-    /// terminal's master.
+    /// Starts `process` inside the running container `id` under the container's `seccomp` profile; returns its
+    /// pid and, when it asks for a terminal, the terminal's master.
     pub fn exec(
         &self,
         id: &str,
         exec_id: u32,
         process: &Process,
+        seccomp: Option<&LinuxSeccomp>,
         stdio: Stdio,
     ) -> Result<(i32, Option<OwnedFd>)> {
         let path = self
@@ -470,7 +493,9 @@ impl Runtime {
             .transpose()?;
         let guard = self.reaper.hold();
         let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_executor(DockerExecutor)
+            .with_executor(DockerExecutor {
+                seccomp: seccomp.cloned(),
+            })
             .with_root_path(&self.state_root)
             .map_err(Self::lc("configure"))?
             .with_console_socket(console.as_ref().map(|c| c.path()));

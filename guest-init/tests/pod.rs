@@ -239,6 +239,11 @@ fn pod_members_have_their_own_rootfs_and_hardening_and_share_the_sandboxs_namesp
         "its own capabilities: {in_app}"
     );
     assert!(in_app.contains("Seccomp:\t2") && in_app.contains("NoNewPrivs:\t1"));
+    // An exec'd process runs under its container's filter too (libcontainer's tenant spec drops it).
+    for (c, id) in [(&sandbox, 26), (&app, 27)] {
+        let status = pod.exec(c, id, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status");
+        assert_eq!(status, "NoNewPrivs:\t1\nSeccomp:\t2\n", "exec in {c}");
+    }
     // Writes land in the app's own upper layer, not its image.
     pod.exec(&app, 22, "echo x > /written && cat /written");
     assert!(!app_root.path().join("written").exists());
