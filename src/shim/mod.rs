@@ -7,8 +7,10 @@
 //! - [`network`]: the pod's CNI network namespace -> a tap redirected to its veth, and the guest's address;
 //! - [`vm`]: one microVM (the `mvrun-vmm` process) and its agent connection;
 //! - [`pod`]: a pod's containers in one VM (CRI's annotations, namespace paths, block slots);
+//! - [`metrics`]: the guest's cgroup figures -> containerd's cgroup v2 Metrics (Task Stats);
 //! - [`process`]: a task's processes, their states and their stdio between containerd's fifos and the guest.
 
+pub mod metrics;
 pub mod network;
 pub mod pod;
 pub mod process;

@@ -69,6 +69,9 @@ pub struct Process {
     changed: Condvar,
     stdin_closed: Arc<AtomicBool>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
+    /// A terminal size asked for before the process started (ctr resizes right after Start; an exec may be
+    /// resized before it), given to the guest with the process.
+    window: Mutex<Option<agent_protocol::WindowSize>>,
 }
 
 impl Process {
@@ -94,7 +97,18 @@ impl Process {
             changed: Condvar::new(),
             stdin_closed: Arc::new(AtomicBool::new(false)),
             pumps: Mutex::new(Vec::new()),
+            window: Mutex::new(None),
         }
+    }
+
+    /// Remembers a terminal size for the start.
+    pub fn set_window(&self, w: agent_protocol::WindowSize) {
+        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    }
+
+    /// The terminal size asked for before the start, if any.
+    pub fn window(&self) -> Option<agent_protocol::WindowSize> {
+        *self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -153,11 +167,14 @@ impl Process {
     }
 
     /// Connects the agent's streams to containerd's fifos. The fifos are opened in the copying threads:
-    /// opening a fifo blocks until its other end is open, and containerd's client may open it later.
-    pub fn plumb(&self, stdout: UnixStream, stderr: UnixStream, stdin: Option<UnixStream>) {
+    /// opening a fifo blocks until its other end is open, and containerd's client may open it later. A process on
+    /// a terminal has no stderr stream (its output is merged on stdout, and containerd gives no stderr fifo).
+    pub fn plumb(&self, stdout: UnixStream, stderr: Option<UnixStream>, stdin: Option<UnixStream>) {
         let mut pumps = self.pumps.lock().unwrap_or_else(|e| e.into_inner());
         pumps.push(pump_out(stdout, self.stdio.stdout.clone()));
-        pumps.push(pump_out(stderr, self.stdio.stderr.clone()));
+        if let Some(stderr) = stderr {
+            pumps.push(pump_out(stderr, self.stdio.stderr.clone()));
+        }
         if let Some(s) = stdin {
             if self.stdin_closed.load(Ordering::SeqCst) {
                 // containerd closed stdin before the process started (ctr does when its own stdin is empty).
@@ -273,7 +290,7 @@ mod tests {
         let (guest_out, host_out) = UnixStream::pair().unwrap();
         let (guest_err, host_err) = UnixStream::pair().unwrap();
         let (mut guest_in, host_in) = UnixStream::pair().unwrap();
-        p.plumb(host_out, host_err, Some(host_in));
+        p.plumb(host_out, Some(host_err), Some(host_in));
         let reader = std::thread::spawn(move || std::fs::read(out).unwrap());
         let mut g = guest_out;
         g.write_all(b"hi\n").unwrap();
@@ -303,7 +320,7 @@ mod tests {
         let (_e1, e2) = UnixStream::pair().unwrap();
         let (mut guest_in, host_in) = UnixStream::pair().unwrap();
         // Started with nobody ever writing to the fifo; then containerd's CloseIO.
-        p.plumb(o2, e2, Some(host_in));
+        p.plumb(o2, Some(e2), Some(host_in));
         std::thread::sleep(std::time::Duration::from_millis(50));
         p.close_stdin();
         let mut got = Vec::new();
@@ -323,7 +340,7 @@ mod tests {
         let (_o1, o2) = UnixStream::pair().unwrap();
         let (_e1, e2) = UnixStream::pair().unwrap();
         let (mut guest_in, host_in) = UnixStream::pair().unwrap();
-        p.plumb(o2, e2, Some(host_in));
+        p.plumb(o2, Some(e2), Some(host_in));
         guest_in.read_to_end(&mut got).unwrap();
         assert!(got.is_empty());
     }

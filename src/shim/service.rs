@@ -8,6 +8,11 @@
 //!
 //! pids: the init process reports the VMM's pid on the host (the process whose death ends the task); exec'd
 //! processes report their pid inside the guest.
+//!
+//! Stats are the container's cgroup figures from inside the guest ([`super::metrics`]). OOM kills: from Start on,
+//! a thread keeps one `WaitOom` pending on its own agent connection and publishes TaskOOM each time the
+//! container's `oom_kill` count rises; when the init process exits, the count is read once more before the VM
+//! is shut down, so a kill that raced the exit is not lost.
 
 use super::network::{self, PodNetwork};
 use super::pod::{self, Pod, Role};
@@ -18,7 +23,7 @@ use agent_protocol::{
     ContainerPlacement, JoinNamespaces, RootfsDevice, StreamKind, WorkloadSpec, WORKLOAD,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -76,6 +81,8 @@ struct Task {
     in_pod: bool,
     /// A pod member's VM and block slot.
     member: Option<(Arc<Pod>, u8)>,
+    /// The container's OOM kill count already published as TaskOOM events.
+    oom_seen: Mutex<u64>,
 }
 
 impl Task {
@@ -124,6 +131,22 @@ impl Inner {
             .get(id)
             .cloned()
             .ok_or_else(|| err(Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    /// Publishes TaskOOM when the container's OOM kill count `now` is above what was already published.
+    fn oom(&self, task: &Task, now: u64) {
+        let mut seen = task.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if now > *seen {
+            *seen = now;
+            tracing::info!("task {}: OOM kill in the guest (count {now})", task.id);
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: task.id.clone(),
+                    ..Default::default()
+                }),
+            );
+        }
     }
 
     /// Records a process's exit once and tells containerd.
@@ -266,9 +289,6 @@ impl containerd_shim::Shim for Service {
 
 impl Service {
     fn create(&self, req: &api::CreateTaskRequest) -> anyhow::Result<Arc<Task>> {
-        if req.terminal {
-            anyhow::bail!("a terminal (-t) is not supported by mvrun yet");
-        }
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
         let mut workload = spec::workload(&oci, !req.stdin.is_empty())?;
@@ -391,6 +411,7 @@ impl Service {
             in_pod: matches!(role, Role::Sandbox(_)),
             member: None,
             network,
+            oom_seen: Mutex::new(0),
         }))
     }
 
@@ -507,6 +528,7 @@ impl Service {
             in_pod: true,
             member: Some((pod.clone(), slot)),
             network: None,
+            oom_seen: Mutex::new(0),
         })
     }
 
@@ -538,7 +560,12 @@ impl Service {
     fn start_process(&self, task: &Arc<Task>, p: &Arc<Process>) -> anyhow::Result<i32> {
         let vm = &task.vm;
         let stdout = vm.attach(StreamKind::Stdout, p.agent_id)?;
-        let stderr = vm.attach(StreamKind::Stderr, p.agent_id)?;
+        // On a terminal the output arrives merged on stdout.
+        let stderr = if p.stdio.terminal {
+            None
+        } else {
+            Some(vm.attach(StreamKind::Stderr, p.agent_id)?)
+        };
         let stdin = if p.stdio.stdin.is_empty() {
             None
         } else {
@@ -546,9 +573,20 @@ impl Service {
         };
         let mut control = vm.control()?;
         let guest_pid = match &p.spec {
-            None => control.create_and_start(&task.workload)?,
-            Some(spec) if task.in_pod => control.exec_in(&task.id, p.agent_id, spec)?,
-            Some(spec) => control.exec(p.agent_id, spec)?,
+            None => {
+                let mut w = task.workload.clone();
+                w.process.window = p.window();
+                control.create_and_start(&w)?
+            }
+            Some(spec) => {
+                let mut spec = spec.clone();
+                spec.window = p.window();
+                if task.in_pod {
+                    control.exec_in(&task.id, p.agent_id, &spec)?
+                } else {
+                    control.exec(p.agent_id, &spec)?
+                }
+            }
         };
         p.plumb(stdout, stderr, stdin);
         p.set_running();
@@ -565,6 +603,13 @@ impl Service {
                 Ok(e) => {
                     p.exit_pending(e.code);
                     p.drain();
+                    if p.exec_id.is_empty() {
+                        // An OOM kill that raced the exit: published before the exit, as runc's shim would.
+                        if let Ok(s) = task.vm.control().and_then(|mut c| Ok(c.stats(p.agent_id)?))
+                        {
+                            inner.oom(&task, s.memory_events.get("oom_kill").copied().unwrap_or(0));
+                        }
+                    }
                     inner.exited(&task.id, &p, e.code);
                     if p.exec_id.is_empty() && task.owns_vm {
                         // The container is over: the VM has nothing left to do.
@@ -587,6 +632,27 @@ impl Service {
                     } else {
                         // A pod member: the pod's VM goes on; this process is lost to containerd.
                         inner.exited(&task.id, &p, 255);
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Service {
+    /// Keeps a `WaitOom` pending for the task's container until the VM or the agent goes away.
+    fn spawn_oom_watcher(&self, task: &Arc<Task>) {
+        let inner = self.inner.clone();
+        let task = task.clone();
+        std::thread::spawn(move || {
+            let Ok(mut c) = task.vm.control() else { return };
+            loop {
+                let seen = *task.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
+                match c.wait_oom(task.init.agent_id, seen) {
+                    Ok(now) => inner.oom(&task, now),
+                    Err(e) => {
+                        tracing::debug!("task {}: OOM watch ended: {e}", task.id);
+                        return;
                     }
                 }
             }
@@ -666,6 +732,7 @@ impl containerd_shim::Task for Service {
             t.elapsed().as_secs_f64() * 1e3
         );
         if req.exec_id.is_empty() {
+            self.spawn_oom_watcher(&task);
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -836,12 +903,6 @@ impl containerd_shim::Task for Service {
         if task.init.state().status != Status::Running {
             return Err(err(Code::FAILED_PRECONDITION, "the task is not running"));
         }
-        if req.terminal {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "a terminal (-t) is not supported by mvrun yet",
-            ));
-        }
         let json = req
             .spec
             .as_ref()
@@ -892,12 +953,45 @@ impl containerd_shim::Task for Service {
         let p = task.process(&req.exec_id)?;
         let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
         let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
+        if !p.stdio.terminal {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                "the process has no terminal",
+            ));
+        }
+        p.set_window(agent_protocol::WindowSize { rows, cols });
+        if p.state().status != Status::Running {
+            // Not started yet: the size goes with the start. Exited: nothing to resize.
+            return Ok(api::Empty::new());
+        }
         task.vm
             .control()
             .map_err(anyhow::Error::from)
             .and_then(|mut c| Ok(c.resize(p.agent_id, rows, cols)?))
             .map_err(to_rpc)?;
         Ok(api::Empty::new())
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let task = self.inner.task(&req.id)?;
+        if task.init.state().status != Status::Running {
+            return Err(err(Code::FAILED_PRECONDITION, "the task is not running"));
+        }
+        let s = task
+            .vm
+            .control()
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| Ok(c.stats(task.init.agent_id)?))
+            .map_err(to_rpc)?;
+        let any = super::metrics::packed(&s).map_err(internal)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {

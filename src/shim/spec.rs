@@ -8,7 +8,8 @@
 //! - seccomp: guest-init always applies Docker's default profile (the spec's own filter is not translated);
 //! - no_new_privileges: always on (stricter than runc's default);
 //! - namespaces, mounts, devices and cgroup paths of the spec name host objects and are not carried into the VM;
-//! - a terminal is refused: guest-init runs workloads without a pty today.
+//! - a terminal (`ctr run -t`, `process.terminal`) runs the process on a pty in the guest (`ProcessSpec.tty`); its
+//!   size comes later through ResizePty, as with runc.
 
 use agent_protocol::{ProcessSpec, SeccompPolicy, WorkloadSpec};
 use oci_spec::runtime::{Process, Spec};
@@ -56,9 +57,6 @@ pub enum Error {
     /// The spec has no process.
     #[error("the OCI spec has no process to run")]
     NoProcess,
-    /// The spec asks for something mvrun does not do.
-    #[error("{0} is not supported by mvrun")]
-    Unsupported(&'static str),
 }
 
 /// The bundle's `config.json`.
@@ -74,9 +72,6 @@ pub fn annotations(spec: &Spec) -> HashMap<String, String> {
 
 /// The process part of an OCI process.
 pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, Error> {
-    if p.terminal().unwrap_or(false) {
-        return Err(Error::Unsupported("a terminal (-t)"));
-    }
     let user = p.user();
     Ok(ProcessSpec {
         args: p.args().clone().unwrap_or_default(),
@@ -84,6 +79,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, Error> {
         cwd: Some(p.cwd().display().to_string()).filter(|c| !c.is_empty()),
         user: Some(format!("{}:{}", user.uid(), user.gid())),
         stdin,
+        tty: p.terminal().unwrap_or(false),
         ..ProcessSpec::default()
     })
 }
@@ -204,12 +200,13 @@ mod tests {
     }
 
     #[test]
-    fn terminals_are_refused_and_exec_specs_parse() {
+    fn terminals_carry_over_and_exec_specs_parse() {
         let p = exec_process(
             br#"{"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/", "terminal": true}"#,
-            false,
-        );
-        assert!(matches!(p, Err(Error::Unsupported(_))));
+            true,
+        )
+        .unwrap();
+        assert!(p.tty && p.stdin && p.window.is_none());
         let p = exec_process(
             br#"{"user": {"uid": 0, "gid": 0}, "args": ["ls", "/"], "cwd": "/"}"#,
             true,
