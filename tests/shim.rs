@@ -2,9 +2,12 @@
 //! root, state and socket under a temporary directory; an image imported with `ctr images import`; every mvrun
 //! check next to the same command under runc, both printed side by side.
 //!
-//! This test needs no guest boot. The guest-booting tests (ctr run echo / exit code / stdin, exec + ps + kill in a
-//! long-running task, two VMs at once, a killed VMM reported as an exit) follow on branch h/shim once they have run
-//! on this tree under the shared guest-boot lock. A test that cannot run prints `SKIP: reason` and returns.
+//! `ctr_run_with_a_broken_vm_fails_cleanly` needs no guest boot. The `guest_` tests boot real microVMs (1-3 minutes
+//! each on an emulated-KVM host), so they keep to few boots with several honest checks per task: `ctr run` of echo,
+//! of a command reading stdin with an exit code, and on a terminal (`-t`); two long-running tasks at once carrying
+//! exec (plain, detached, on a terminal), ps, metrics, an OOM kill (TaskOOM in `ctr events`), kill, and a VMM
+//! killed from outside. After each, nothing of the task is left: no VMM, runtime directory, private rootfs image or
+//! mount. A test that cannot run prints `SKIP: reason` and returns.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -304,7 +307,8 @@ fn build_image_tar(dir: &Path) -> PathBuf {
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "ps", "hostname",
+        "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "ps", "hostname", "tty", "stty",
+        "dd",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -438,4 +442,493 @@ fn ctr_run_with_a_broken_vm_fails_cleanly() {
     let sock = c.sock().display().to_string();
     drop(c);
     assert!(processes_mentioning(&sock).is_empty(), "a shim is left");
+}
+
+/// What the guest tests share: a containerd whose shims boot real VMs with a runtime and data directory of the
+/// test's own, the image imported.
+struct GuestEnv {
+    scratch: tempfile::TempDir,
+    c: Containerd,
+}
+
+impl GuestEnv {
+    /// `None` (after printing why) when no guest can boot here.
+    fn start() -> Option<GuestEnv> {
+        if let Some(reason) = skip_reason() {
+            eprintln!("SKIP: {reason}");
+            return None;
+        }
+        let variant = mvrun::kernel::Variant::for_this_host();
+        let Some(kernel) = mvrun::kernel::path_if_built(variant) else {
+            eprintln!("SKIP: the {variant} guest kernel is not built (scripts/test.sh builds it)");
+            return None;
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        let run_root = scratch.path().join("run");
+        let data_root = scratch.path().join("data");
+        let c = Containerd::start_with_env(&[
+            ("MVRUN_RUN_DIR", &run_root),
+            ("MVRUN_ROOT", &data_root),
+            ("MVRUN_KERNEL", &kernel.vmlinux),
+        ]);
+        c.import_image();
+        Some(GuestEnv { scratch, c })
+    }
+
+    /// Nothing of any task is left: no VMM, runtime directory, private rootfs image (only the shared cached
+    /// one) or mount under containerd's directories.
+    fn assert_clean(&self) {
+        assert_clean_in(&self.scratch.path().join("run"));
+        let cached: Vec<_> = std::fs::read_dir(self.scratch.path().join("data/shim-rootfs"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(cached.len() <= 1, "private rootfs images left: {cached:?}");
+        let dir = self.c.dir.path().to_string_lossy().to_string();
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|m| {
+                m.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with(&dir))
+            })
+            .map(str::to_string)
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    }
+
+    /// The shim's and containerd's log lines about `id`'s phases (the shim logs through containerd's log).
+    fn phases(&self, id: &str) -> Vec<String> {
+        std::fs::read_to_string(self.c.dir.path().join("containerd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("task {id}")))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// ctr with a limit: killed (and reported as a hang) after `timeout`.
+fn ctr_within(c: &Containerd, runtime: &str, args: &[&str], timeout: Duration) -> Output {
+    let start = Instant::now();
+    let mut child = c
+        .ctr_cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "[{runtime}] ctr {args:?} hung for {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    report(
+        runtime,
+        &format!("ctr {}", args.join(" ")),
+        &out,
+        start.elapsed(),
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// The runtimes side by side: mvrun first, then runc with the same command.
+const RUNTIMES: [(&str, &str); 2] = [(MVRUN_RUNTIME, "mv"), ("io.containerd.runc.v2", "rc")];
+
+/// Two boots: `ctr run --rm` of `echo hi` (prints it, exits 0) and of a command reading stdin that exits 7.
+#[test]
+fn guest_ctr_run_echo_stdin_and_exit_code() {
+    let Some(env) = GuestEnv::start() else { return };
+    let c = &env.c;
+    for (runtime, tag) in RUNTIMES {
+        let o = c.run(runtime, &format!("{tag}-echo"), None, &["echo", "hi"]);
+        assert_eq!(o.status.code(), Some(0), "[{runtime}] {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "hi\n", "[{runtime}]");
+        let o = c.run(
+            runtime,
+            &format!("{tag}-stdin"),
+            Some(b"typed\n"),
+            &["sh", "-c", "read l; echo got $l; exit 7"],
+        );
+        assert_eq!(o.status.code(), Some(7), "[{runtime}] {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "got typed\n", "[{runtime}]");
+        if runtime == MVRUN_RUNTIME {
+            env.assert_clean();
+            for id in ["mv-echo", "mv-stdin"] {
+                eprintln!("shim phases of {id}:\n  {}", env.phases(id).join("\n  "));
+            }
+        }
+    }
+    assert!(c.tasks().is_empty());
+}
+
+/// A terminal the test owns for `ctr -t`: the master end and what was read from it.
+struct Pty {
+    master: std::os::fd::OwnedFd,
+    slave: Option<std::os::fd::OwnedFd>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Pty {
+    fn open(rows: u16, cols: u16) -> Pty {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the last slave descriptor is closed.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Pty {
+            master: pty.master,
+            slave: Some(pty.slave),
+            seen,
+        }
+    }
+
+    /// ctr with this terminal as its controlling terminal and stdio, as a shell starts it.
+    fn spawn(&mut self, mut cmd: Command) -> Child {
+        use std::os::unix::process::CommandExt;
+        let slave = self.slave.take().expect("one process per terminal");
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; the child makes stdin its controlling terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn ctr")
+    }
+
+    fn text(&self) -> String {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn expect(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the terminal within {timeout:?}; it shows {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `cmd` (a ctr invocation with `-t`) on a new 33x77 terminal: the process sees a pty sized like ours (ctr
+/// sends ResizePty), what we type reaches it, and its exit code comes back. Returns the terminal's text.
+fn ctr_on_terminal(runtime: &str, what: &str, cmd: Command, expect_code: i32) -> String {
+    let start = Instant::now();
+    let mut pty = Pty::open(33, 77);
+    let mut child = pty.spawn(cmd);
+    pty.expect("size 33 77", Duration::from_secs(600));
+    nix::unistd::write(&pty.master, b"typed\r").unwrap();
+    pty.expect("got typed", Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("[{runtime}] {what} did not end: {:?}", pty.text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let t = pty.text();
+    eprintln!(
+        "[{runtime:<22}] {what}: exit {code:?} in {:.1}s\n    terminal: {t:?}",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(expect_code), "[{runtime}] {what}: {t:?}");
+    assert!(t.contains("/dev/pts/"), "[{runtime}] a pty: {t:?}");
+    t
+}
+
+/// The script run on a terminal: which tty, its size once ctr has resized it, a line typed through it, an exit
+/// code. The sleep lets ctr's ResizePty (sent right after Start, for runc too) land first.
+const TTY_SCRIPT: &str = "sleep 1; tty; echo size $(stty size); read l; echo got $l; exit 3";
+
+/// One boot: `ctr run -t --rm`.
+#[test]
+fn guest_ctr_run_terminal() {
+    let Some(env) = GuestEnv::start() else { return };
+    let c = &env.c;
+    for (runtime, tag) in RUNTIMES {
+        let id = format!("{tag}-tty");
+        let cmd = c.ctr_cmd(&[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            runtime,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            TTY_SCRIPT,
+        ]);
+        ctr_on_terminal(runtime, "ctr run -t", cmd, 3);
+        if runtime == MVRUN_RUNTIME {
+            env.assert_clean();
+        }
+    }
+    assert!(c.tasks().is_empty());
+}
+
+/// The exit status `ctr task delete` reports for a task ("exit with non-zero exit code N"), 0 when it says none.
+fn deleted_status(o: &Output) -> u32 {
+    let e = text(&o.stderr);
+    e.split("exit code ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_stopped(c: &Containerd, id: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if c.tasks().iter().any(|(t, _, s)| t == id && s == "STOPPED") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Two boots at once: two long-running tasks in separate VMs, created in parallel, each carrying checks: exec
+/// (output, exit code), a detached exec seen by `ctr task ps`, an exec on a terminal, `ctr task metrics`, an exec
+/// that allocates past the task's 32 MiB memory limit (OOM-killed: 137, and TaskOOM in `ctr events`), then
+/// `ctr task kill` (SIGTERM, trapped: 143) of one and SIGKILL of the other's VMM from outside (reported as exit
+/// 137, no hang); runc runs the same, with its task's process killed from outside instead of a VMM.
+#[test]
+fn guest_ctr_two_tasks_exec_metrics_oom_kill() {
+    let Some(env) = GuestEnv::start() else { return };
+    let c = &env.c;
+    let events_log = env.scratch.path().join("events.log");
+    let mut events = c
+        .ctr_cmd(&["events"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let long = Duration::from_secs(600);
+    let short = Duration::from_secs(180);
+    for (runtime, tag) in RUNTIMES {
+        let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+        // Both creates at once: two VMs boot side by side.
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for id in [&a, &b] {
+                s.spawn(move || {
+                    let o = ctr_within(
+                        c,
+                        runtime,
+                        &[
+                            "run",
+                            "-d",
+                            "--runtime",
+                            runtime,
+                            "--memory-limit",
+                            "33554432",
+                            IMAGE,
+                            id,
+                            "sh",
+                            "-c",
+                            "trap 'exit 143' TERM; while :; do sleep 1; done",
+                        ],
+                        long,
+                    );
+                    assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+                });
+            }
+        });
+        eprintln!(
+            "[{runtime:<22}] two tasks running after {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        let tasks = c.tasks();
+        let pid_of = |id: &str| tasks.iter().find(|(t, _, _)| t == id).map(|(_, p, _)| *p);
+        let (pa, pb) = (pid_of(&a).unwrap(), pid_of(&b).unwrap());
+        assert_ne!(pa, pb);
+        if runtime == MVRUN_RUNTIME {
+            let vmms = vmm_pids();
+            assert!(
+                vmms.contains(&(pa as i32)) && vmms.contains(&(pb as i32)),
+                "each task is its own VMM: tasks {pa} {pb}, VMMs {vmms:?}"
+            );
+        }
+        // exec: output and exit code.
+        let o = ctr_within(
+            c,
+            runtime,
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "e1",
+                &a,
+                "sh",
+                "-c",
+                "echo exec-ok; exit 5",
+            ],
+            short,
+        );
+        assert_eq!(o.status.code(), Some(5), "[{runtime}] {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "exec-ok\n");
+        // A detached exec shows in ps next to the task's own pid.
+        let o = ctr_within(
+            c,
+            runtime,
+            &["task", "exec", "-d", "--exec-id", "e2", &a, "sleep", "300"],
+            short,
+        );
+        assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+        let o = ctr_within(c, runtime, &["task", "ps", &a], short);
+        let ps = text(&o.stdout);
+        assert!(
+            ps.lines().count() >= 3,
+            "[{runtime}] the task and its exec: {ps}"
+        );
+        assert!(ps.contains(&pa.to_string()), "[{runtime}] {ps}");
+        let o = ctr_within(
+            c,
+            runtime,
+            &["task", "kill", "-s", "SIGKILL", "--exec-id", "e2", &a],
+            short,
+        );
+        assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+        // exec on a terminal.
+        let cmd = c.ctr_cmd(&[
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            "e3",
+            &b,
+            "sh",
+            "-c",
+            TTY_SCRIPT,
+        ]);
+        ctr_on_terminal(runtime, "ctr task exec -t", cmd, 3);
+        // metrics.
+        let o = ctr_within(c, runtime, &["task", "metrics", &a], short);
+        let m = text(&o.stdout);
+        assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+        if runtime == MVRUN_RUNTIME {
+            for needle in ["pids.current", "cpu.usage_usec", "memory.usage", "33554432"] {
+                assert!(m.contains(needle), "metrics show {needle}: {m}");
+            }
+        }
+        // OOM: an exec that allocates 64 MiB under a 32 MiB limit is killed; the task lives on.
+        let o = ctr_within(
+            c,
+            runtime,
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "oom",
+                &a,
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "bs=64M",
+                "count=1",
+            ],
+            long,
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(137),
+            "[{runtime}] {}",
+            text(&o.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let oom_seen = || {
+            std::fs::read_to_string(&events_log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("/tasks/oom") && l.contains(&a))
+        };
+        while !oom_seen() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(oom_seen(), "[{runtime}] TaskOOM for {a} in ctr events");
+        eprintln!("[{runtime:<22}] ctr events shows /tasks/oom for {a}");
+        let o = ctr_within(c, runtime, &["task", "metrics", &a], short);
+        eprintln!(
+            "[{runtime:<22}] metrics after the OOM kill:\n{}",
+            text(&o.stdout)
+        );
+        // kill: SIGTERM, which the task traps and exits 143 on.
+        let o = ctr_within(c, runtime, &["task", "kill", &a], short);
+        assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+        assert!(
+            wait_stopped(c, &a, short),
+            "[{runtime}] {a} stops after kill"
+        );
+        let o = ctr_within(c, runtime, &["task", "delete", &a], short);
+        assert_eq!(deleted_status(&o), 143, "[{runtime}] {}", text(&o.stderr));
+        // The other task's process killed from outside containerd: for mvrun its VMM.
+        // SAFETY: kill(2) on the pid containerd reports for the task (the VMM under mvrun, the init under runc).
+        unsafe {
+            libc::kill(pb as i32, libc::SIGKILL);
+        }
+        assert!(
+            wait_stopped(c, &b, Duration::from_secs(60)),
+            "[{runtime}] a killed {b} is an exit, not a hang"
+        );
+        let o = ctr_within(c, runtime, &["task", "delete", &b], short);
+        assert_eq!(deleted_status(&o), 137, "[{runtime}] {}", text(&o.stderr));
+        for id in [&a, &b] {
+            let o = ctr_within(c, runtime, &["containers", "rm", id], short);
+            assert!(o.status.success());
+        }
+        if runtime == MVRUN_RUNTIME {
+            env.assert_clean();
+            for id in [&a, &b] {
+                eprintln!("shim phases of {id}:\n  {}", env.phases(id).join("\n  "));
+            }
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(c.tasks().is_empty());
 }
