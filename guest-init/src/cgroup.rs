@@ -3,7 +3,9 @@
 //! Read from the container's own cgroup directory in the guest, which is where the guest kernel accounts the
 //! workload: the host sees only the VMM's cgroup. OOM kills are counted by `memory.events`' `oom_kill` (hierarchical:
 //! it includes the container's child cgroups); the kernel raises a file-modified event on that file when it
-//! changes, so a waiter sleeps on inotify instead of polling, with a timeout to notice the cgroup going away.
+//! changes, so a waiter sleeps on inotify, with a timeout to notice the cgroup going away; on a kernel built
+//! without inotify (the project's minimal guest kernel has none: ENOSYS) it reads the file every
+//! [`POLL`] instead, a few microseconds of kernel work each time.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -20,6 +22,8 @@ pub const ROOT: &str = "/sys/fs/cgroup";
 
 /// How often a waiter checks, without an inotify event, that its cgroup still exists and the agent goes on.
 const WAKE: Duration = Duration::from_secs(1);
+/// How often a waiter reads `memory.events` when the kernel has no inotify.
+pub const POLL: Duration = Duration::from_millis(250);
 
 fn read(dir: &Path, file: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(file)).ok()
@@ -106,20 +110,11 @@ pub fn oom_kills(dir: &Path) -> io::Result<u64> {
 /// Blocks until the cgroup at `dir` has had more than `seen` OOM kills and returns the count, or fails when the
 /// cgroup goes away or `stop` says the agent is ending.
 pub fn wait_oom(dir: &Path, seen: u64, stop: impl Fn() -> bool) -> io::Result<u64> {
-    let events = dir.join("memory.events");
-    let path = CString::new(events.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the cgroup path"))?;
-    // SAFETY: inotify_init1 has no preconditions; the fd is owned right away.
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor nobody else owns.
-    let ino = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a valid inotify fd and a NUL-terminated path.
-    if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let ino = match watch(&dir.join("memory.events")) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+        Err(e) => return Err(e),
+    };
     let mut buf = [0u8; 1024];
     loop {
         // Read after the watch is set, so a kill between the two is not missed.
@@ -133,6 +128,10 @@ pub fn wait_oom(dir: &Path, seen: u64, stop: impl Fn() -> bool) -> io::Result<u6
                 "the agent is shutting down",
             ));
         }
+        let Some(ino) = &ino else {
+            std::thread::sleep(POLL);
+            continue;
+        };
         let mut pfd = libc::pollfd {
             fd: ino.as_raw_fd(),
             events: libc::POLLIN,
@@ -144,6 +143,24 @@ pub fn wait_oom(dir: &Path, seen: u64, stop: impl Fn() -> bool) -> io::Result<u6
         // SAFETY: reads into a buffer we own, of its length; non-blocking.
         while unsafe { libc::read(ino.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
     }
+}
+
+/// An inotify descriptor watching `file` for modifications.
+fn watch(file: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(file.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the cgroup path"))?;
+    // SAFETY: inotify_init1 has no preconditions; the fd is owned right away.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    let ino = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a valid inotify fd and a NUL-terminated path.
+    if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ino)
 }
 
 #[cfg(test)]
