@@ -73,6 +73,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         mem_mib: args.mem,
         vcpus: args.vcpus,
         seccomp: vmm::seccomp::SeccompLevel::try_from(args.seccomp_level)?,
+        emulated_kvm: mvrun::kernel::Variant::for_this_host() == mvrun::kernel::Variant::Emulated,
         ..Default::default()
     };
     let vmm = vmm::build_vm(&config, Box::new(std::io::stdout()), start)
@@ -129,6 +130,10 @@ fn print_timings(t: &vmm::Timings, total: Duration) {
     }
     for (name, took) in &t.phases {
         eprintln!("mvrun: setup phase: {name}: {}", ms(*took));
+    }
+    if let (Some(insns), Some(exits)) = (t.emulated_instructions, t.exits) {
+        eprintln!("mvrun: guest instructions emulated by KVM (to the VM's end): {insns}");
+        eprintln!("mvrun: VM exits (to the VM's end): {exits}");
     }
     if let Some(kib) = t.rss_before_run_kib {
         eprintln!("mvrun: VMM RSS before the guest ran: {kib} KiB");

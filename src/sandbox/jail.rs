@@ -374,6 +374,7 @@ mod tests {
             cli_phases: Vec::new(),
             block_slots: 0,
             vmm_seccomp_level: 2,
+            emulated_kvm: false,
         }
     }
 

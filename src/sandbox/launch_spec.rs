@@ -66,6 +66,9 @@ pub struct LaunchSpec {
     /// The VMM threads' seccomp filters: 0 off, 1 system calls, 2 system calls and arguments (the default).
     #[serde(default = "default_vmm_seccomp_level")]
     pub vmm_seccomp_level: u8,
+    /// The host's KVM runs guests through its instruction emulator (`vmm::VmConfig::emulated_kvm`).
+    #[serde(default)]
+    pub emulated_kvm: bool,
 }
 
 fn default_vmm_seccomp_level() -> u8 {

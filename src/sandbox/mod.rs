@@ -159,6 +159,7 @@ fn write_spec(
         cli_phases,
         block_slots: 0,
         vmm_seccomp_level: options.vmm_seccomp.as_u8(),
+        emulated_kvm: crate::kernel::Variant::for_this_host() == crate::kernel::Variant::Emulated,
     };
     let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
     Ok(state::write_atomic(&dir.spec_path(), &json)?)

@@ -461,6 +461,7 @@ pub fn vm_config(dir: &SandboxDir, spec: &LaunchSpec) -> vmm::VmConfig {
             count: spec.block_slots,
             uds_path: dir.slots_path(),
         }),
+        emulated_kvm: spec.emulated_kvm,
     }
 }
 

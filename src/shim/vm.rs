@@ -113,6 +113,8 @@ impl Vm {
             cli_phases: Vec::new(),
             block_slots,
             vmm_seccomp_level: vmm::seccomp::SeccompLevel::default().as_u8(),
+            emulated_kvm: crate::kernel::Variant::for_this_host()
+                == crate::kernel::Variant::Emulated,
         };
         let json = serde_json::to_vec_pretty(&spec).expect("launch specs always serialize");
         if let Err(e) = crate::sandbox::state::write_atomic(&dir.spec_path(), &json) {

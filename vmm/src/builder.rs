@@ -153,7 +153,7 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
     clock.mark("KVM memory slots");
 
     let vcpus = (0..config.vcpus)
-        .map(|i| vcpu::create(&kvm, &vm_fd, i, config.vcpus, boot))
+        .map(|i| vcpu::create(&kvm, &vm_fd, i, config.vcpus, boot, config.emulated_kvm))
         .collect::<Result<Vec<_>, _>>()?;
     vcpu::install_kick_handler().map_err(|source| BuildError::Event {
         what: "vCPU kick signal",
@@ -161,8 +161,10 @@ pub fn build_vm(config: &VmConfig, console: ConsoleOut, start: Instant) -> Resul
     })?;
     clock.mark("vCPU creation (CPUID, MSRs, registers, LAPIC)");
 
+    let vcpu_stats = vcpus.iter().filter_map(vcpu::Vcpu::stats).collect();
     Ok(Vmm {
         vcpus,
+        vcpu_stats,
         vm_fd,
         guest_memory,
         io_bus: Arc::new(io_bus),

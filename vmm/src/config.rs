@@ -66,6 +66,10 @@ pub struct VmConfig {
     /// Empty read-only disks that get an image while the guest runs (a pod's later containers), after the
     /// configured disks; none by default.
     pub block_slots: Option<BlockSlotsConfig>,
+    /// The host's KVM runs guests through its instruction emulator (nested paravirtual KVM, `kvm_pvm`): the
+    /// vCPUs' CPUID leaves out the features that emulator serves worst (`arch::cpuid::hide_from_emulator`).
+    /// Whoever builds the config decides (the VMM may run jailed, where /sys is out of sight).
+    pub emulated_kvm: bool,
 }
 
 /// Runtime block slots (see `devices::virtio::block::slots`).
@@ -95,6 +99,7 @@ impl Default for VmConfig {
             net_rate: Default::default(),
             seccomp: Default::default(),
             block_slots: None,
+            emulated_kvm: false,
         }
     }
 }

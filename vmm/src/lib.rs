@@ -48,6 +48,13 @@ pub struct Timings {
     /// Where the setup time went, phase by phase, in order (the first is launch to [`build_vm`]'s start; the
     /// last is the VM built to the boot vCPU's first KVM_RUN: threads, seccomp filters).
     pub phases: Vec<(&'static str, Duration)>,
+    /// Guest instructions KVM's emulator ran, all vCPUs together, up to the VM's end (KVM's `insn_emulation`
+    /// statistic). On an emulated-KVM host that is the whole guest's work, a figure the host's load does not
+    /// change; on hardware KVM only the MMIO and port accesses KVM emulated. Not read by [`Vmm::run_confined`],
+    /// whose filters leave the statistics files alone.
+    pub emulated_instructions: Option<u64>,
+    /// VM exits, all vCPUs together, up to the VM's end (KVM's `exits` statistic); as `emulated_instructions`.
+    pub exits: Option<u64>,
 }
 
 /// Resident memory of a set of mappings, from /proc/self/smaps.
@@ -111,6 +118,7 @@ pub struct RunOutcome {
 /// A built VM, ready to run. Field order matters for drop: the vCPUs and VM go before guest memory.
 pub struct Vmm {
     vcpus: Vec<vstate::vcpu::Vcpu>,
+    vcpu_stats: Vec<vstate::kvm_stats::VcpuStats>,
     vm_fd: kvm_ioctls::VmFd,
     guest_memory: vstate::memory::GuestMemory,
     io_bus: Arc<devices::bus::Bus>,
@@ -256,6 +264,19 @@ impl Vmm {
                 t.saturating_duration_since(self.setup_done),
             ));
         }
+        let stats: Vec<_> = if confine_caller || self.vcpu_stats.is_empty() {
+            Vec::new()
+        } else {
+            self.vcpu_stats
+                .iter()
+                .filter_map(|s| s.read().ok())
+                .collect()
+        };
+        let stat = |name| {
+            (!stats.is_empty())
+                .then(|| vstate::kvm_stats::total(&stats, name))
+                .flatten()
+        };
         RunOutcome {
             exit,
             timed_out,
@@ -272,6 +293,8 @@ impl Vmm {
                 guest_resident_kib: guest_resident,
                 vmm_memory,
                 phases,
+                emulated_instructions: stat("insn_emulation"),
+                exits: stat("exits"),
             },
         }
     }

@@ -59,6 +59,32 @@ fn patch_entry(entry: &mut kvm_cpuid_entry2, index: u8, count: u8) {
     }
 }
 
+/// Leaf 0x7 subleaf 0, EBX bit 9: ERMS, "enhanced REP MOVSB/STOSB".
+const EBX_ERMS: u32 = 1 << 9;
+/// Leaf 0x7 subleaf 0, EDX bit 4: FSRM, "fast short REP MOVSB".
+const EDX_FSRM: u32 = 1 << 4;
+/// Leaf 0x7 subleaf 1, EAX bits 10-12: fast zero-length MOVSB, fast short STOSB, fast short CMPSB.
+const EAX_FAST_SHORT_REP: u32 = 0b111 << 10;
+
+/// The one place where mvrun's VMM treats an emulated-KVM host (nested paravirtual KVM, `kvm_pvm`) differently:
+/// there KVM runs every guest instruction through its instruction emulator, and a `REP MOVSB`/`REP STOSB` costs one
+/// emulation per byte where `REP MOVSQ`/`STOSQ` or a vector loop moves 8-16 bytes per step. Linux (memset,
+/// clear_page, copy_user, memcpy) and glibc pick the byte forms when CPUID advertises ERMS/FSRM, so they are
+/// left out here, for the guest kernel and its user space alike: a guest boot to init runs about 15% fewer emulated
+/// instructions (kernels/README.md). The rest of that host's quirks are guest-kernel patches (kernels/patches).
+pub fn hide_from_emulator(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        match (entry.function, entry.index) {
+            (0x7, 0) => {
+                entry.ebx &= !EBX_ERMS;
+                entry.edx &= !EDX_FSRM;
+            }
+            (0x7, 1) => entry.eax &= !EAX_FAST_SHORT_REP,
+            _ => {}
+        }
+    }
+}
+
 /// The number of APIC-ID bits that `count` CPUs need.
 fn bits_for(count: u8) -> u32 {
     u32::from(count.max(1)).next_power_of_two().trailing_zeros()
@@ -108,5 +134,43 @@ mod tests {
         .unwrap();
         normalize(&mut cpuid, 0, 1);
         assert_eq!(cpuid.as_slice()[0].edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn the_emulator_quirk_hides_only_the_byte_wise_rep_string_features() {
+        let all = u32::MAX;
+        let mut cpuid = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 0,
+                eax: all,
+                ebx: all,
+                ecx: all,
+                edx: all,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 1,
+                eax: all,
+                ebx: all,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: all,
+                edx: all,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        hide_from_emulator(&mut cpuid);
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ebx, all & !EBX_ERMS);
+        assert_eq!(e[0].edx, all & !EDX_FSRM);
+        assert_eq!((e[0].eax, e[0].ecx), (all, all));
+        assert_eq!(e[1].eax, all & !EAX_FAST_SHORT_REP);
+        assert_eq!(e[1].ebx, all);
+        assert_eq!((e[2].ecx, e[2].edx), (all, all));
     }
 }

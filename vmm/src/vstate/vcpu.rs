@@ -73,7 +73,17 @@ pub struct Vcpu {
 
 /// Creates vCPU `index` of `count` with CPUID, MSRs, FPU and LAPIC set; the boot vCPU (0) also gets the entry
 /// registers. The others wait for the guest's INIT/SIPI in the in-kernel LAPIC.
-pub fn create(kvm: &Kvm, vm: &VmFd, index: u8, count: u8, boot: BootEntry) -> Result<Vcpu, Error> {
+///
+/// `emulated_kvm`: the host's KVM runs the guest through its instruction emulator, so CPUID leaves out what that
+/// emulator serves worst ([`cpuid::hide_from_emulator`]).
+pub fn create(
+    kvm: &Kvm,
+    vm: &VmFd,
+    index: u8,
+    count: u8,
+    boot: BootEntry,
+    emulated_kvm: bool,
+) -> Result<Vcpu, Error> {
     let err = |what| {
         move |source| Error::Kvm {
             what,
@@ -86,6 +96,9 @@ pub fn create(kvm: &Kvm, vm: &VmFd, index: u8, count: u8, boot: BootEntry) -> Re
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(err("get supported CPUID"))?;
     cpuid::normalize(&mut cpuid, index, count);
+    if emulated_kvm {
+        cpuid::hide_from_emulator(&mut cpuid);
+    }
     fd.set_cpuid2(&cpuid).map_err(err("set CPUID"))?;
     let msrs = msr::boot_msrs();
     let set = fd.set_msrs(&msrs).map_err(err("set MSRs"))?;
@@ -130,6 +143,13 @@ enum Next {
 }
 
 impl Vcpu {
+    /// This vCPU's KVM statistics, where the host kernel has them.
+    pub fn stats(&self) -> Option<super::kvm_stats::VcpuStats> {
+        super::kvm_stats::VcpuStats::open(&self.fd)
+            .map_err(|e| tracing::debug!("no KVM stats for vCPU {}: {e}", self.index))
+            .ok()
+    }
+
     /// Starts the vCPU's thread, which installs `filter` (the vCPU seccomp filter, if any) before it enters the
     /// guest.
     pub fn start(
