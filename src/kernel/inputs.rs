@@ -41,6 +41,10 @@ pub(crate) const FILES: &[(&str, &str)] = &[
             "../../kernels/patches/0005-mvrun-clear-cpu-features-the-emulator-lacks.patch"
         ),
     ),
+    (
+        "patches/0006-mvrun-lean-sysfs.patch",
+        include_str!("../../kernels/patches/0006-mvrun-lean-sysfs.patch"),
+    ),
 ];
 
 /// One embedded file by its path under `kernels/`.
