@@ -12,6 +12,7 @@ type Bench = fn(&Ctx) -> Result<Vec<Series>, String>;
 pub const ALL: &[(&str, Bench)] = &[
     ("vmm-overhead", vmm_overhead),
     ("vmm-peer", vmm_peer),
+    ("kernel-boot", crate::kernel_boot::kernel_boot),
     ("cold-start", cold_start),
     ("density", density),
     ("rootfs-format", crate::guest_io::rootfs_format),
@@ -49,7 +50,7 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn kernel(ctx: &Ctx) -> Result<PathBuf, String> {
+pub(crate) fn kernel(ctx: &Ctx) -> Result<PathBuf, String> {
     let out = Command::new(&ctx.mvrun)
         .args(["kernel", "path"])
         .stderr(Stdio::inherit())

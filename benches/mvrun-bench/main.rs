@@ -7,7 +7,8 @@
 //! the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
 //!
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
-//! on the same kernel and initramfs, time to init's marker), `vmm-overhead` (VMM setup time and RSS from
+//! on the same kernel and initramfs, time to init's marker), `kernel-boot` (the guest kernel's boot to init: boot
+//! timer, kernel clock at "Run /init", emulated instructions), `vmm-overhead` (VMM setup time and RSS from
 //! `mvrun vm boot --timings`, VMM instructions for building a VM under callgrind), `density` (N idle sandboxes:
 //! host memory per sandbox, start throughput), `rootfs-format` (erofs vs ext4: the guest's mount time and first
 //! exec), `io` (sequential read from the rootfs device and stdout through vsock, guest vs host).
@@ -15,6 +16,7 @@
 mod benches;
 mod containerd;
 mod guest_io;
+mod kernel_boot;
 mod plot;
 mod stats;
 

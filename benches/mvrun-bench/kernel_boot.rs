@@ -1,0 +1,173 @@
+//! `kernel-boot`: the guest kernel's own boot, issue 6's figures. `mvrun vm boot` of the kernel this host gets
+//! (`mvrun kernel path`: the `emulated` variant on emulated-KVM hosts) with a busybox initramfs whose /init
+//! prints the guest's uptime, writes the boot-timer byte and resets: launch to the boot timer (wall clock), the
+//! kernel's clock at "Run /init" and at init's first line, and, load-independent, the guest instructions KVM
+//! emulated and the VMM's CPU time. Every figure is the guest's: none carries to a hardware-KVM host, where the
+//! same boot takes milliseconds.
+
+use crate::benches::{busybox_rootfs, kernel, series, timing};
+use crate::{Ctx, Series};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// What init prints first, with the guest's uptime after it.
+const MARKER: &str = "MVRUN-KERNEL-BOOT up";
+/// Guest memory: Firecracker's default; the kernel's early memory set-up grows with it.
+const MEM_MIB: &str = "128";
+
+/// An initramfs whose /init prints [`MARKER`] and the uptime, writes the boot timer and resets the machine.
+fn timer_initramfs(ctx: &Ctx) -> Result<PathBuf, String> {
+    let root = ctx.scratch.join("kernel-boot-root");
+    busybox_rootfs(&root)?;
+    let init = root.join("init");
+    // 0xd0000000 is the boot timer's MMIO page (vmm::arch::layout); 123 its magic byte.
+    std::fs::write(
+        &init,
+        format!(
+            "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\nread up idle </proc/uptime\necho \"{MARKER} $up\"\n\
+             /bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox devmem 0xd0000000 8 123\n/bin/busybox reboot -f\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let out = ctx.scratch.join("kernel-boot.cpio");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(out).ok_or_else(|| "cpio failed".into())
+}
+
+/// CPU time (user + system) of this process's reaped children so far, in seconds.
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage writes one struct rusage into the zeroed value we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// The kernel's timestamp on the console line containing `what` (`printk.time=1`: "[   24.369451] ...").
+fn kernel_clock_at(console: &str, what: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(what))?;
+    let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
+    inner.trim().parse().ok()
+}
+
+pub(crate) fn kernel_boot(ctx: &Ctx) -> Result<Vec<Series>, String> {
+    let kernel = kernel(ctx)?;
+    let initrd = timer_initramfs(ctx)?;
+    let (mut timer, mut run_init, mut first_line, mut insns, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ctx.iterations(3) {
+        let before = children_cpu_s();
+        let out = Command::new(&ctx.mvrun)
+            .args([
+                "vm",
+                "boot",
+                "--mem",
+                MEM_MIB,
+                "--timeout",
+                "900",
+                "--timings",
+            ])
+            .args(["--append", "printk.time=1", "--kernel"])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("mvrun vm boot: {e}"))?;
+        cpu.push(children_cpu_s() - before);
+        let console = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            return Err(format!("mvrun vm boot failed: {}", tail.join(" / ")));
+        }
+        timer.push(timing(&stderr, "launch -> guest boot timer").ok_or("no boot-timer figure")?);
+        run_init.push(kernel_clock_at(&console, "Run /init").ok_or("no 'Run /init' line")?);
+        let up = console
+            .lines()
+            .find_map(|l| l.split(MARKER).nth(1))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or("init's marker line is missing")?;
+        first_line.push(up);
+        if let Some(n) = timing(
+            &stderr,
+            "guest instructions emulated by KVM (to the VM's end)",
+        ) {
+            insns.push(n / 1e6);
+        }
+    }
+    let subject = format!("vm boot, {MEM_MIB} MiB, {}", kernel.display());
+    let mut out = vec![
+        series(
+            "kernel-boot",
+            &subject,
+            "launch to init (boot timer)",
+            "ms",
+            false,
+            timer,
+        ),
+        series(
+            "kernel-boot",
+            &subject,
+            "kernel clock at Run /init",
+            "s",
+            false,
+            run_init,
+        ),
+        series(
+            "kernel-boot",
+            &subject,
+            "guest uptime at init's first line",
+            "s",
+            false,
+            first_line,
+        ),
+        series(
+            "kernel-boot",
+            &subject,
+            "VMM CPU time, launch to reset",
+            "s",
+            false,
+            cpu,
+        ),
+    ];
+    if !insns.is_empty() {
+        out.push(series(
+            "kernel-boot",
+            &subject,
+            "guest instructions emulated by KVM, launch to reset",
+            "M",
+            false,
+            insns,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_kernel_clock_of_a_console_line() {
+        let console =
+            "[    0.000000] Linux version 6.12\n[   24.369451] Run /init as init process\n";
+        assert_eq!(kernel_clock_at(console, "Run /init"), Some(24.369451));
+        assert_eq!(kernel_clock_at(console, "missing"), None);
+        assert_eq!(
+            kernel_clock_at("Run /init without a clock", "Run /init"),
+            None
+        );
+    }
+}
