@@ -197,7 +197,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn import_image(&self) {
-        let tar = build_image_tar(self.dir.path());
+        self.import_image_as(IMAGE, &[]);
+    }
+
+    /// The busybox image under `name`, with `files` (path in the rootfs, content) added.
+    fn import_image_as(&self, name: &str, files: &[(&str, &str)]) {
+        let dir = self.dir.path().join(name.replace(['/', ':'], "_"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tar = build_image_tar(&dir, name, files);
         let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(
             o.status.success(),
@@ -283,6 +290,23 @@ fn vmm_pids() -> Vec<i32> {
     out
 }
 
+/// The sandbox directories of the VMM processes now running under the shim's runtime directory: one per VM (a
+/// VM's supervisor and its jailed VMM name the same one).
+fn vm_dirs() -> std::collections::BTreeSet<String> {
+    vmm_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let i = args.iter().position(|a| a == "--sandbox")?;
+            args.get(i + 1).cloned()
+        })
+        .collect()
+}
+
 fn report(runtime: &str, what: &str, o: &Output, took: Duration) {
     eprintln!(
         "[{runtime:<22}] {what}: exit {:?} in {:.1}s\n    stdout: {:?}\n    stderr: {:?}",
@@ -298,8 +322,8 @@ fn sha256(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// An OCI image layout tar of a busybox rootfs, named `IMAGE` for `ctr images import`.
-fn build_image_tar(dir: &Path) -> PathBuf {
+/// An OCI image layout tar of a busybox rootfs with `files` added, named `name` for `ctr images import`.
+fn build_image_tar(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let root = dir.join("image-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
@@ -314,6 +338,9 @@ fn build_image_tar(dir: &Path) -> PathBuf {
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    for (path, content) in files {
+        std::fs::write(root.join(path), content).unwrap();
+    }
     let layout = dir.join("image-layout");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -355,7 +382,7 @@ fn build_image_tar(dir: &Path) -> PathBuf {
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
-                       "annotations": {"io.containerd.image.name": IMAGE,
+                       "annotations": {"io.containerd.image.name": name,
                                        "org.opencontainers.image.ref.name": "latest"}}]
     });
     std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
@@ -478,11 +505,19 @@ impl GuestEnv {
     /// Nothing of any task is left: no VMM, runtime directory, private rootfs image (only the shared cached
     /// one) or mount under containerd's directories.
     fn assert_clean(&self) {
+        self.assert_clean_with_images(1);
+    }
+
+    /// [`GuestEnv::assert_clean`] for a test that ran `images` different images (one cached image each).
+    fn assert_clean_with_images(&self, images: usize) {
         assert_clean_in(&self.scratch.path().join("run"));
         let cached: Vec<_> = std::fs::read_dir(self.scratch.path().join("data/shim-rootfs"))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(cached.len() <= 1, "private rootfs images left: {cached:?}");
+        assert!(
+            cached.len() <= images,
+            "private rootfs images left: {cached:?}"
+        );
         let dir = self.c.dir.path().to_string_lossy().to_string();
         let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
             .unwrap()
@@ -933,73 +968,182 @@ fn guest_ctr_two_tasks_exec_metrics_oom_kill() {
     assert!(c.tasks().is_empty());
 }
 
-/// The milliseconds in the shim's log line of `task {id}` that contains `what` ("... in N ms").
-fn phase_ms(lines: &[String], what: &str) -> Option<f64> {
-    let l = lines.iter().find(|l| l.contains(what))?;
-    let rest = &l[l.find(what)?..];
-    let at = rest.rfind(" in ")? + 4;
-    rest[at..].split(" ms").next()?.trim().parse().ok()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// A measurement, not a check: `ctr run --rm IMAGE id /bin/true` under mvrun and under runc, alternately,
-/// `MVRUN_SHIM_TIMING_RUNS` times each (each mvrun run boots a guest), with the shim's phases from containerd's
-/// log: rootfs image, VM boot to the agent, container start in the guest, VM shutdown after the exit.
+/// One boot: a pod in one VM, driven as CRI would through the annotations it sets (ctr passes them with
+/// `--annotation`) and the host namespace paths of the sandbox it writes (`--with-ns`, the VMM's /proc/PID/ns/*):
+/// the sandbox container boots the VM, an app container from another image is created in it; both run, share
+/// the network and UTS namespaces, each has its own rootfs and its own hardening; exec works in the app; deleting
+/// the app keeps the VM (and its slot takes the next container's image); deleting the sandbox ends it, and
+/// nothing is left.
 #[test]
-fn guest_ctr_run_true_timing() {
-    let Some(runs) = std::env::var("MVRUN_SHIM_TIMING_RUNS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    else {
-        eprintln!("SKIP: a measurement; set MVRUN_SHIM_TIMING_RUNS=N to run it (N guest boots)");
-        return;
-    };
+fn guest_pod_containers_share_one_vm() {
     let Some(env) = GuestEnv::start() else { return };
     let c = &env.c;
-    let phases = [
-        ("rootfs", "rootfs image"),
-        ("boot", "VM booted"),
-        ("start", "started in the guest"),
-        ("shutdown", "VM shut down"),
-    ];
-    let mut wall: [Vec<f64>; 2] = Default::default();
-    let mut phase: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
-    for i in 0..runs {
-        for (k, (runtime, tag)) in RUNTIMES.iter().enumerate() {
-            let id = format!("{tag}-true-{i}");
-            let t = Instant::now();
-            let o = c.run(runtime, &id, None, &["/bin/true"]);
-            wall[k].push(t.elapsed().as_secs_f64());
-            assert_eq!(o.status.code(), Some(0), "[{runtime}] {}", text(&o.stderr));
-            if *runtime == MVRUN_RUNTIME {
-                let lines = env.phases(&id);
-                for (j, (_, what)) in phases.iter().enumerate() {
-                    if let Some(ms) = phase_ms(&lines, what) {
-                        phase[j].push(ms / 1e3);
-                    }
-                }
-            }
+    const SB_IMAGE: &str = "docker.io/mvrun/pod-sandbox:latest";
+    const APP_IMAGE: &str = "docker.io/mvrun/pod-app:latest";
+    c.import_image_as(SB_IMAGE, &[("which", "sandbox\n")]);
+    c.import_image_as(APP_IMAGE, &[("which", "app\n")]);
+    let long = Duration::from_secs(600);
+    let short = Duration::from_secs(240);
+    let r = MVRUN_RUNTIME;
+    let pod = "pod-sb";
+    let annotations = |kind: &str| {
+        [
+            "--annotation".to_string(),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "--annotation".to_string(),
+            format!("io.kubernetes.cri.sandbox-id={pod}"),
+        ]
+    };
+    let run = |id: &str, image: &str, kind: &str, extra: &[String]| {
+        let mut args: Vec<String> = ["run", "-d", "--runtime", r].map(String::from).to_vec();
+        args.extend(annotations(kind));
+        args.extend(extra.iter().cloned());
+        args.extend([image, id, "sleep", "100000"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = Instant::now();
+        let o = ctr_within(c, r, &args, long);
+        assert!(o.status.success(), "{id}: {}", text(&o.stderr));
+        t.elapsed()
+    };
+    let exec = |id: &str, exec_id: &str, script: &str| {
+        let o = ctr_within(
+            c,
+            r,
+            &["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script],
+            short,
+        );
+        assert_eq!(o.status.code(), Some(0), "{id}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+
+    let boot = run(pod, SB_IMAGE, "sandbox", &[]);
+    let vms = vm_dirs();
+    assert_eq!(vms.len(), 1, "the sandbox boots one VM: {vms:?}");
+    let vmm = c
+        .tasks()
+        .iter()
+        .find(|(t, _, _)| t == pod)
+        .map(|(_, p, _)| *p)
+        .unwrap();
+    // What CRI writes for the pod's other containers: the sandbox's namespaces by their host paths.
+    let with_ns: Vec<String> = ["network:net", "ipc:ipc", "uts:uts"]
+        .iter()
+        .flat_map(|k| {
+            let (t, f) = k.split_once(':').unwrap();
+            ["--with-ns".to_string(), format!("{t}:/proc/{vmm}/ns/{f}")]
+        })
+        .collect();
+    let mut app_args = with_ns.clone();
+    app_args.extend(["--cap-add".to_string(), "CAP_NET_ADMIN".to_string()]);
+    let create_app = run("pod-app", APP_IMAGE, "container", &app_args);
+    eprintln!(
+        "pod: sandbox up (VM boot) in {:.1}s, app container created in it in {:.1}s",
+        boot.as_secs_f64(),
+        create_app.as_secs_f64()
+    );
+    assert_eq!(
+        vm_dirs(),
+        vms,
+        "the app runs in the sandbox's VM, no second VM"
+    );
+    let tasks = c.tasks();
+    for id in [pod, "pod-app"] {
+        assert!(
+            tasks.iter().any(|(t, _, s)| t == id && s == "RUNNING"),
+            "{id} runs: {tasks:?}"
+        );
+    }
+
+    let probe =
+        "cat /which; hostname; for n in net uts ipc pid mnt; do readlink /proc/self/ns/$n; done; \
+                 grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/1/status; \
+                 grep Seccomp: /proc/self/status | sed s/^/exec-/";
+    let sb = exec(pod, "p1", probe);
+    let app = exec("pod-app", "p2", probe);
+    eprintln!("sandbox:\n{sb}app:\n{app}");
+    let (sb, app): (Vec<&str>, Vec<&str>) = (sb.lines().collect(), app.lines().collect());
+    assert_eq!(
+        (sb[0], app[0]),
+        ("sandbox", "app"),
+        "each has its own rootfs"
+    );
+    assert_eq!(sb[1], app[1], "one hostname");
+    assert_eq!(sb[2], app[2], "one network namespace");
+    assert_eq!(sb[3], app[3], "one UTS namespace");
+    assert_eq!(sb[4], app[4], "one IPC namespace");
+    assert_ne!(
+        sb[5], app[5],
+        "PID namespaces of their own (the pod does not share PIDs)"
+    );
+    assert_ne!(sb[6], app[6], "mount namespaces of their own");
+    assert!(sb.contains(&"CapEff:\t00000000a80425fb"), "{sb:?}");
+    assert!(
+        app.contains(&"CapEff:\t00000000a80435fb"),
+        "the app's own capabilities (+NET_ADMIN): {app:?}"
+    );
+    for side in [&sb, &app] {
+        assert!(
+            side.contains(&"Seccomp:\t2")
+                && side.contains(&"NoNewPrivs:\t1")
+                && side.contains(&"exec-Seccomp:\t2"),
+            "{side:?}"
+        );
+    }
+    // Writes stay in the app's own upper layer.
+    assert_eq!(
+        exec("pod-app", "p3", "echo w > /which && cat /which"),
+        "w\n"
+    );
+    assert_eq!(exec(pod, "p4", "cat /which"), "sandbox\n");
+
+    // Deleting the app keeps the VM; its slot takes the next container's image (not the old one's cached blocks).
+    let o = ctr_within(c, r, &["task", "kill", "-s", "SIGKILL", "pod-app"], short);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let deadline = Instant::now() + short;
+    while c
+        .tasks()
+        .iter()
+        .any(|(t, _, s)| t == "pod-app" && s != "STOPPED")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the app did not stop: {:?}",
+            c.tasks()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        ["task", "delete", "pod-app"],
+        ["containers", "rm", "pod-app"],
+    ] {
+        let o = ctr_within(c, r, &args, short);
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    }
+    assert_eq!(vm_dirs(), vms, "the VM outlives the app");
+    run("pod-app2", SB_IMAGE, "container", &with_ns);
+    assert_eq!(exec("pod-app2", "p5", "cat /which"), "sandbox\n");
+    assert_eq!(vm_dirs(), vms);
+
+    // Deleting the sandbox ends the VM and everything in it.
+    for id in ["pod-app2", pod] {
+        let o = ctr_within(c, r, &["task", "kill", "-s", "SIGKILL", id], short);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let deadline = Instant::now() + short;
+        while c.tasks().iter().any(|(t, _, s)| t == id && s != "STOPPED") {
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not stop: {:?}",
+                c.tasks()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for args in [["task", "delete", id], ["containers", "rm", id]] {
+            let o = ctr_within(c, r, &args, short);
+            assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
         }
     }
-    env.assert_clean();
-    eprintln!("ctr run --rm IMAGE id /bin/true, {runs} runs each, median seconds:");
-    for (k, (runtime, _)) in RUNTIMES.iter().enumerate() {
-        eprintln!(
-            "  {runtime:<22} wall {:.2}  (all: {:?})",
-            median(&mut wall[k]),
-            wall[k]
-        );
+    for line in env.phases("pod-app") {
+        eprintln!("shim: {line}");
     }
-    for (j, (name, _)) in phases.iter().enumerate() {
-        eprintln!(
-            "  mvrun phase {name:<9} {:.2}  (all: {:?})",
-            median(&mut phase[j]),
-            phase[j]
-        );
-    }
+    env.assert_clean_with_images(2);
 }
