@@ -968,6 +968,77 @@ fn guest_ctr_two_tasks_exec_metrics_oom_kill() {
     assert!(c.tasks().is_empty());
 }
 
+/// The milliseconds in the shim's log line of `task {id}` that contains `what` ("... in N ms").
+fn phase_ms(lines: &[String], what: &str) -> Option<f64> {
+    let l = lines.iter().find(|l| l.contains(what))?;
+    let rest = &l[l.find(what)?..];
+    let at = rest.rfind(" in ")? + 4;
+    rest[at..].split(" ms").next()?.trim().parse().ok()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A measurement, not a check: `ctr run --rm IMAGE id /bin/true` under mvrun and under runc, alternately,
+/// `MVRUN_SHIM_TIMING_RUNS` times each (each mvrun run boots a guest), with the shim's phases from containerd's
+/// log: rootfs image, VM boot to the agent, container start in the guest, VM shutdown after the exit.
+#[test]
+fn guest_ctr_run_true_timing() {
+    let Some(runs) = std::env::var("MVRUN_SHIM_TIMING_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    else {
+        eprintln!("SKIP: a measurement; set MVRUN_SHIM_TIMING_RUNS=N to run it (N guest boots)");
+        return;
+    };
+    let Some(env) = GuestEnv::start() else { return };
+    let c = &env.c;
+    let phases = [
+        ("rootfs", "rootfs image"),
+        ("boot", "VM booted"),
+        ("start", "started in the guest"),
+        ("shutdown", "VM shut down"),
+    ];
+    let mut wall: [Vec<f64>; 2] = Default::default();
+    let mut phase: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
+    for i in 0..runs {
+        for (k, (runtime, tag)) in RUNTIMES.iter().enumerate() {
+            let id = format!("{tag}-true-{i}");
+            let t = Instant::now();
+            let o = c.run(runtime, &id, None, &["/bin/true"]);
+            wall[k].push(t.elapsed().as_secs_f64());
+            assert_eq!(o.status.code(), Some(0), "[{runtime}] {}", text(&o.stderr));
+            if *runtime == MVRUN_RUNTIME {
+                let lines = env.phases(&id);
+                for (j, (_, what)) in phases.iter().enumerate() {
+                    if let Some(ms) = phase_ms(&lines, what) {
+                        phase[j].push(ms / 1e3);
+                    }
+                }
+            }
+        }
+    }
+    env.assert_clean();
+    eprintln!("ctr run --rm IMAGE id /bin/true, {runs} runs each, median seconds:");
+    for (k, (runtime, _)) in RUNTIMES.iter().enumerate() {
+        eprintln!(
+            "  {runtime:<22} wall {:.2}  (all: {:?})",
+            median(&mut wall[k]),
+            wall[k]
+        );
+    }
+    for (j, (name, _)) in phases.iter().enumerate() {
+        eprintln!(
+            "  mvrun phase {name:<9} {:.2}  (all: {:?})",
+            median(&mut phase[j]),
+            phase[j]
+        );
+    }
+}
+
 /// One boot: a pod in one VM, driven as CRI would through the annotations it sets (ctr passes them with
 /// `--annotation`) and the host namespace paths of the sandbox it writes (`--with-ns`, the VMM's /proc/PID/ns/*):
 /// the sandbox container boots the VM, an app container from another image is created in it; both run, share
