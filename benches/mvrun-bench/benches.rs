@@ -289,7 +289,7 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
         let mib = |label| timing(&err, label).map(|kib| kib / 1024.0);
         rss.extend(mib("VMM RSS excluding guest memory"));
         pss.extend(mib("VMM PSS excluding guest memory"));
-        private.extend(mib("VMM private memory excluding guest memory"));
+        private.extend(mib("VMM private dirty memory excluding guest memory"));
         for (name, ms) in setup_phases(&err) {
             match phases.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, v)) => v.push(ms),
@@ -332,7 +332,7 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
         ),
         series(
             "vmm-overhead",
-            "private (unshared)",
+            "private dirty (this VMM alone)",
             "VMM memory before the guest runs, guest memory excluded",
             "MiB",
             true,
@@ -403,7 +403,7 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
         for (i, label) in [
             "VMM RSS excluding guest memory",
             "VMM PSS excluding guest memory",
-            "VMM private memory excluding guest memory",
+            "VMM private dirty memory excluding guest memory",
         ]
         .iter()
         .enumerate()
@@ -426,7 +426,7 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
         ours,
     )];
     // The jailed VMM process of the product path (mvrun-vmm), as its guest starts.
-    for (subject, values) in ["RSS", "PSS", "private (unshared)"]
+    for (subject, values) in ["RSS", "PSS", "private dirty (this VMM alone)"]
         .into_iter()
         .zip(vmm_mem)
     {

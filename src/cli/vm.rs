@@ -145,8 +145,8 @@ fn print_timings(t: &vmm::Timings, total: Duration) {
         eprintln!("mvrun: VMM RSS excluding guest memory: {} KiB", m.rss_kib);
         eprintln!("mvrun: VMM PSS excluding guest memory: {} KiB", m.pss_kib);
         eprintln!(
-            "mvrun: VMM private memory excluding guest memory: {} KiB",
-            m.private_kib
+            "mvrun: VMM private dirty memory excluding guest memory: {} KiB",
+            m.private_dirty_kib
         );
     }
     eprintln!("mvrun: total: {}", ms(total));

@@ -427,8 +427,8 @@ fn print_vmm_memory(pid: i32, guest_ranges: &[(u64, u64)]) {
     eprintln!("mvrun: VMM RSS excluding guest memory: {} KiB", m.rss_kib);
     eprintln!("mvrun: VMM PSS excluding guest memory: {} KiB", m.pss_kib);
     eprintln!(
-        "mvrun: VMM private memory excluding guest memory: {} KiB",
-        m.private_kib
+        "mvrun: VMM private dirty memory excluding guest memory: {} KiB",
+        m.private_dirty_kib
     );
 }
 

@@ -64,8 +64,10 @@ pub struct ProcessMemory {
     pub rss_kib: u64,
     /// Proportional set size (shared pages divided among their users), KiB.
     pub pss_kib: u64,
-    /// Private dirty and anonymous pages (what this process alone costs the host), KiB.
-    pub private_kib: u64,
+    /// Private dirty pages (heap, stacks, relocated data: what this process alone costs the host, shared with
+    /// no other VMM and not reclaimable without swap), KiB. Clean file pages (the binary's text) are left out:
+    /// they are the page cache's, shared by every process of the same binary.
+    pub private_dirty_kib: u64,
 }
 
 /// Times setup phases: each [`PhaseClock::mark`] ends the phase that began at the previous mark.
@@ -457,7 +459,7 @@ fn sum_smaps(smaps: &str, skip: impl Fn(u64, u64) -> bool) -> ProcessMemory {
         match first {
             "Rss:" => total.rss_kib += kib,
             "Pss:" => total.pss_kib += kib,
-            "Private_Dirty:" | "Private_Clean:" => total.private_kib += kib,
+            "Private_Dirty:" => total.private_dirty_kib += kib,
             _ => {}
         }
     }
@@ -486,8 +488,8 @@ Private_Clean:         0 kB
 55aa00000000-55aa00010000 r-xp 00000000 fd:01 42 /usr/bin/x
 Rss:                  40 kB
 Pss:                  10 kB
-Private_Clean:         4 kB
-Private_Dirty:         0 kB
+Private_Clean:        30 kB
+Private_Dirty:         4 kB
 ";
         let m = sum_smaps(smaps, |lo, _| lo == 0x7f00_0000_0000);
         assert_eq!(
@@ -495,7 +497,7 @@ Private_Dirty:         0 kB
             ProcessMemory {
                 rss_kib: 40,
                 pss_kib: 10,
-                private_kib: 4
+                private_dirty_kib: 4
             }
         );
         assert_eq!(sum_smaps(smaps, |_, _| false).rss_kib, 140);
