@@ -646,8 +646,40 @@ fn cgroup_memory_kib(pid: u32) -> Option<f64> {
 fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let sizes: &[usize] = if ctx.quick { &[1] } else { &[1, 2, 4, 8] };
     let mut out = Vec::new();
-    let cores = num_cpus() as f64;
     for &n in sizes {
+        // A size that fails is noted and ends the benchmark; the sizes measured before it are kept.
+        match density_at(ctx, n) {
+            Ok(mut s) => out.append(&mut s),
+            Err(e) if !out.is_empty() => {
+                ctx.note(format!("`density` N = {n}: {e}"));
+                break;
+            }
+            Err(e) => return Err(format!("N = {n}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Sandboxes among `names` that have exited, with their exit reasons (`mvrun ps -a`).
+fn exited(ctx: &Ctx, names: &[String]) -> Vec<String> {
+    let ps = Command::new(&ctx.mvrun)
+        .args(["ps", "-a"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    ps.lines()
+        .filter(|l| l.contains("Exited"))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            names.iter().find(|n| words.contains(&n.as_str())).cloned()
+        })
+        .collect()
+}
+
+fn density_at(ctx: &Ctx, n: usize) -> Result<Vec<Series>, String> {
+    let mut out = Vec::new();
+    let cores = num_cpus() as f64;
+    {
         let tag = format!("bench-{}-{n}", std::process::id());
         let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
         let remove = || {
@@ -690,6 +722,22 @@ fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
             })
         };
         while !all_up(&names) {
+            let gone = exited(ctx, &names);
+            if !gone.is_empty() {
+                let why: Vec<String> = gone
+                    .iter()
+                    .map(|name| {
+                        let log = Command::new(&ctx.mvrun)
+                            .args(["logs", name])
+                            .output()
+                            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                            .unwrap_or_default();
+                        format!("{name} exited before its workload was up ({log})")
+                    })
+                    .collect();
+                remove();
+                return Err(why.join("; "));
+            }
             if Instant::now() > deadline {
                 remove();
                 return Err(format!("{n} sandboxes did not all start in time"));

@@ -53,6 +53,16 @@ pub struct Ctx {
     pub mvrun: PathBuf,
     /// Scratch space.
     pub scratch: PathBuf,
+    /// What a benchmark could not measure though it ran (the summary's "Not run" list).
+    pub notes: std::cell::RefCell<Vec<String>>,
+}
+
+impl Ctx {
+    /// Records what a benchmark could not measure.
+    pub fn note(&self, what: String) {
+        eprintln!("   {what}");
+        self.notes.borrow_mut().push(what);
+    }
 }
 
 impl Ctx {
@@ -108,6 +118,7 @@ fn main() {
         out: out.clone(),
         mvrun: sibling("mvrun"),
         scratch: scratch.path().to_path_buf(),
+        notes: Default::default(),
     };
     let mut results: Vec<Series> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -138,6 +149,7 @@ fn main() {
             }
         }
     }
+    notes.append(&mut ctx.notes.borrow_mut());
     // A figure a run could not read (a missing --timings line) is named, not written as an empty series.
     results.retain(|s| {
         if s.values.is_empty() {
