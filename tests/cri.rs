@@ -9,7 +9,10 @@
 //!
 //! What a pod shows: CNI gave it an address; the host reaches that address (its kernel answers); under mvrun one
 //! VMM process runs the pod, the CNI namespace holds the tap and the two tc redirects, and the guest holds the
-//! address. Stop + remove leave no VMM, tap, namespace or CNI state. A test that cannot run prints `SKIP: reason`.
+//! address. Two containers of the pod (a web server and a client) share its network: the client fetches the
+//! server's page over localhost, both see the pod's address on eth0, and the host fetches the page at the pod IP;
+//! under mvrun they run in the sandbox's VM (still one VMM). Stop + remove leave no VMM, tap, namespace or CNI
+//! state. A test that cannot run prints `SKIP: reason`.
 
 #[path = "helpers/cri_client.rs"]
 mod cri_client;
@@ -439,9 +442,6 @@ fn report(handler: &str, what: &str, result: impl std::fmt::Display) {
     eprintln!("[{handler:<5}] {what}: {result}");
 }
 
-/// Whether the shim runs a pod's containers in its sandbox's VM (then the container checks run under mvrun too).
-const MVRUN_POD_CONTAINERS: bool = false;
-
 /// Two containers in pod `pod`: a web server and a client. The client reaches the server over localhost (one
 /// network namespace), sees the pod's address on its own interfaces, and the host reaches the server at the pod
 /// IP; under mvrun no VMM is added (the containers run in the sandbox's VM).
@@ -650,14 +650,7 @@ fn pod_under(cri: &Cri, c: &mut CriClient, handler: &str) -> PodRun {
         assert!(!mac.is_empty() && neigh.contains(&mac), "{neigh} has {mac}");
     }
 
-    if handler == "mvrun" && !MVRUN_POD_CONTAINERS {
-        eprintln!(
-            "SKIP: [mvrun] two containers in the pod's VM: the shim does not put a pod's containers into its \
-             sandbox's VM yet"
-        );
-    } else {
-        containers_in(cri, c, handler, &pod, &config, ip, vmms.len());
-    }
+    containers_in(cri, c, handler, &pod, &config, ip, vmms.len());
 
     let t = Instant::now();
     c.stop_pod(&pod).unwrap();
