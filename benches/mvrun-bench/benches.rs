@@ -1,6 +1,7 @@
 //! The benchmarks. Each returns its series, or a one-line reason it could not run here.
 
 use crate::{Ctx, Series};
+use mvrun::kernel::Variant;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -169,9 +170,14 @@ fn vmm_peer(ctx: &Ctx) -> Result<Vec<Series>, String> {
             "microvm,x-option-roms=off,rtc=off,isa-serial=on",
             "-enable-kvm",
             // Without arch-capabilities: the nested paravirtual KVM of emulated hosts refuses QEMU's write of
-            // MSR 0x10a, and QEMU aborts ("failed to set MSR 0x10a").
+            // MSR 0x10a, and QEMU aborts ("failed to set MSR 0x10a"). Without ERMS/FSRM: the CPUID mvrun's VMM
+            // gives an emulated-KVM guest (vmm::arch::cpuid::hide_from_emulator), so both boot the same guest.
             "-cpu",
-            "host,-arch-capabilities",
+            if Variant::for_this_host() == Variant::Emulated {
+                "host,-arch-capabilities,-erms,-fsrm"
+            } else {
+                "host,-arch-capabilities"
+            },
         ])
         .args([
             "-m",
