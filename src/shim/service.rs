@@ -679,8 +679,14 @@ impl containerd_shim::Task for Service {
         let t = std::time::Instant::now();
         let task = self.create(&req).map_err(to_rpc)?;
         let pid = task.init.state().pid;
+        // A pod member boots nothing: its container goes into the pod's running VM at Start.
+        let what = if task.owns_vm {
+            "VM booted"
+        } else {
+            "ready in its pod's VM"
+        };
         tracing::info!(
-            "task {}: VM booted (VMM pid {pid}) in {:.1} ms",
+            "task {}: {what} (VMM pid {pid}) in {:.1} ms",
             req.id,
             t.elapsed().as_secs_f64() * 1e3
         );
