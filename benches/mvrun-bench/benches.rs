@@ -652,7 +652,7 @@ fn cgroup_memory_kib(pid: u32) -> Option<f64> {
 fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
     let sizes: &[usize] = if ctx.quick { &[1] } else { &[1, 2, 4, 8] };
     let mut out = Vec::new();
-    for &n in sizes {
+    for &n in sizes.iter().filter(|n| **n <= ctx.max_n) {
         // A size that fails is noted and ends the benchmark; the sizes measured before it are kept.
         match density_at(ctx, n) {
             Ok(mut s) => out.append(&mut s),

@@ -3,7 +3,7 @@
 //! `cargo run --release --bin mvrun-bench -- [--quick] [--runs N] [--out DIR] [--only NAME]...` writes `results.json`,
 //! `results.csv`, one PNG per measured figure and `summary.md` to DIR (default `bench-results/`), and prints the
 //! summary table. `--quick` runs one iteration with small N: the test suite runs it so the harness cannot rot.
-//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, 8); `--append` keeps the series of
+//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, 8, up to `--max-n`); `--append` keeps the series of
 //! the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
 //!
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
@@ -47,6 +47,8 @@ pub struct Ctx {
     pub quick: bool,
     /// Iterations of every benchmark, instead of each one's own full count (`--runs`).
     pub runs: Option<usize>,
+    /// The largest N of `density` (`--max-n`; default 8).
+    pub max_n: usize,
     /// Where the results go.
     pub out: PathBuf,
     /// The `mvrun` binary.
@@ -80,6 +82,7 @@ fn main() {
     let mut quick = false;
     let mut runs = None;
     let mut append = false;
+    let mut max_n = 8;
     let mut out = PathBuf::from("bench-results");
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -87,6 +90,13 @@ fn main() {
         match a.as_str() {
             "--quick" => quick = true,
             "--append" => append = true,
+            "--max-n" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => max_n = n,
+                _ => {
+                    eprintln!("mvrun-bench: --max-n takes a positive number");
+                    std::process::exit(2);
+                }
+            },
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "--only" => only.extend(args.next()),
             "--runs" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
@@ -98,7 +108,7 @@ fn main() {
             },
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
-                println!("usage: mvrun-bench [--quick] [--runs N] [--append] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
+                println!("usage: mvrun-bench [--quick] [--runs N] [--max-n N] [--append] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
                 return;
             }
             other => {
@@ -115,6 +125,7 @@ fn main() {
     let ctx = Ctx {
         quick,
         runs,
+        max_n,
         out: out.clone(),
         mvrun: sibling("mvrun"),
         scratch: scratch.path().to_path_buf(),
