@@ -2,7 +2,7 @@
 //! median a bar, so the distribution is visible, not just its summary.
 
 use plotters::prelude::*;
-use plotters::style::FontStyle;
+use plotters::style::{FontStyle, FontTransform};
 use std::path::Path;
 
 /// The font plotters draws text with (Debian's fonts-dejavu-core).
@@ -33,13 +33,21 @@ pub fn strip_plot(
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.15;
-    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    // Names too long to sit side by side under their columns (setup phases) are written downwards.
+    let longest = series.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let vertical = series.len() * longest.min(40) * 7 > 820;
+    let label_area = if vertical {
+        (longest.min(60) * 6 + 30) as u32
+    } else {
+        40
+    };
+    let root = BitMapBackend::new(path, (900, 480 + label_area)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let n = series.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
-        .x_label_area_size(40)
+        .x_label_area_size(label_area)
         .y_label_area_size(70)
         .build_cartesian_2d(-0.5f64..(n - 0.5), 0f64..max)
         .map_err(|e| e.to_string())?;
@@ -51,13 +59,26 @@ pub fn strip_plot(
         .x_label_formatter(&|x| {
             let i = x.round() as isize;
             if (x - i as f64).abs() < 1e-6 && i >= 0 {
-                names.get(i as usize).cloned().unwrap_or_default()
+                let name = names.get(i as usize).cloned().unwrap_or_default();
+                if vertical {
+                    // Turned text is centred on its tick: spaces ahead of it push it below the axis.
+                    format!("{}{name}", " ".repeat(name.len() * 2))
+                } else {
+                    name
+                }
             } else {
                 String::new()
             }
         })
+        .x_label_style(if vertical {
+            ("sans-serif", 13)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+        } else {
+            ("sans-serif", 14).into_font()
+        })
         .y_desc(unit)
-        .label_style(("sans-serif", 14))
+        .y_label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (_, values)) in series.iter().enumerate() {
