@@ -353,11 +353,13 @@ fn bring_up() -> Result<Arc<Agent>, Error> {
     };
     let agent = Arc::new(Agent::new(runtime, config));
     let active = Arc::new(AtomicUsize::new(0));
+    // The control port last: the host takes its answer as "the agent is up" and attaches the stdio streams right
+    // after, so they must already listen (on a loaded emulated host, binding one port can take many seconds).
     for (port, kind) in [
-        (CONTROL_PORT, None),
         (STDIN_PORT, Some(StreamKind::Stdin)),
         (STDOUT_PORT, Some(StreamKind::Stdout)),
         (STDERR_PORT, Some(StreamKind::Stderr)),
+        (CONTROL_PORT, None),
     ] {
         serve(agent.clone(), port, kind, active.clone())?;
     }
