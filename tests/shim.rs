@@ -91,6 +91,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             sock = d.join("c.sock").display(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
+        let env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        let child = Self::spawn(d, &env);
+        let c = Containerd { dir, child };
+        c.wait_up();
+        c
+    }
+
+    /// containerd on the config in `d`, its output appended to `d/containerd.log`.
+    fn spawn(d: &Path, env: &[(String, PathBuf)]) -> Child {
         // The shim is found on PATH by its runtime name; mvrun-vmm sits next to it.
         let bin_dir = Path::new(SHIM).parent().unwrap();
         let path = format!(
@@ -98,8 +110,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("/usr/bin/containerd")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))
+            .unwrap();
+        Command::new("/usr/bin/containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -107,18 +123,33 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start containerd");
-        let c = Containerd { dir, child };
+            .expect("start containerd")
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !c.ctr(&["version"]).status.success() {
+        while !self.ctr(&["version"]).status.success() {
             assert!(
                 Instant::now() < deadline,
                 "containerd did not come up: {}",
-                c.log_tail()
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        c
+    }
+
+    /// The pid of the shim process serving container `id` (the shim's `-id` is its group: the container itself
+    /// for a plain `ctr run`).
+    fn shim_pid(&self, id: &str) -> Option<i32> {
+        let sock = self.sock().display().to_string();
+        processes_mentioning(&sock).into_iter().find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+        })
     }
 
     fn sock(&self) -> PathBuf {
@@ -979,6 +1010,71 @@ fn phase_ms(lines: &[String], what: &str) -> Option<f64> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A task's shim killed with SIGKILL while containerd runs: containerd notices, its `shim delete` ends the VM,
+/// and once containerd deletes the task nothing is left (no VMM, shim, runtime directory, private image or
+/// mount). One guest boot; runc alongside.
+#[test]
+fn guest_ctr_killed_shim_leaves_nothing() {
+    let Some(env) = GuestEnv::start() else { return };
+    let c = &env.c;
+    let running = |id: &str| {
+        c.tasks()
+            .into_iter()
+            .any(|(t, _, status)| t == id && status == "RUNNING")
+    };
+    for (runtime, tag) in RUNTIMES {
+        let id = format!("{tag}-shim");
+        let o = ctr_within(
+            c,
+            runtime,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                IMAGE,
+                &id,
+                "sleep",
+                "600",
+            ],
+            Duration::from_secs(600),
+        );
+        assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
+        assert!(running(&id), "[{runtime}] {id} is not running");
+        let shim = c
+            .shim_pid(&id)
+            .unwrap_or_else(|| panic!("[{runtime}] no shim for {id}"));
+        // SAFETY: kill(2) on the shim of this harness's task, found by its command line.
+        unsafe {
+            libc::kill(shim, libc::SIGKILL);
+        }
+        let t = Instant::now();
+        while running(&id) || c.shim_pid(&id).is_some() {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "[{runtime}] {id}: task or shim still there 120 s after the shim was killed: {}",
+                c.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "[{runtime:<22}] shim of {id} killed: task gone in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        let _ = c.ctr(&["task", "delete", "-f", &id]);
+        let o = c.ctr(&["containers", "rm", &id]);
+        assert!(
+            o.status.success(),
+            "[{runtime}] containers rm: {}",
+            text(&o.stderr)
+        );
+        if runtime == MVRUN_RUNTIME {
+            env.assert_clean();
+        }
+    }
+    assert!(c.tasks().is_empty());
 }
 
 /// A measurement, not a check: `ctr run --rm IMAGE id /bin/true` under mvrun and under runc, alternately,
