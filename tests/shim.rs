@@ -63,6 +63,7 @@ macro_rules! require {
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Containerd {
@@ -96,7 +97,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .map(|(k, v)| (k.to_string(), v.to_path_buf()))
             .collect();
         let child = Self::spawn(d, &env);
-        let c = Containerd { dir, child };
+        let c = Containerd { dir, child, env };
         c.wait_up();
         c
     }
@@ -136,6 +137,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills containerd with SIGKILL (its shims and tasks go on) and starts it again on the same root and state,
+    /// as a crash and a restart by the init system would.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.wait_up();
     }
 
     /// The pid of the shim process serving container `id` (the shim's `-id` is its group: the container itself
@@ -1012,22 +1022,25 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// A task's shim killed with SIGKILL while containerd runs: containerd notices, its `shim delete` ends the VM,
-/// and once containerd deletes the task nothing is left (no VMM, shim, runtime directory, private image or
-/// mount). One guest boot; runc alongside.
+/// Crashes around a running task: containerd killed with SIGKILL and started again finds the task still running
+/// (it reconnects to the shim), then the task's shim killed with SIGKILL is noticed by containerd, whose `shim
+/// delete` ends the VM; once containerd deletes the task nothing is left (no VMM, shim, runtime directory, private
+/// image or mount). One guest boot; runc alongside.
 #[test]
-fn guest_ctr_killed_shim_leaves_nothing() {
-    let Some(env) = GuestEnv::start() else { return };
-    let c = &env.c;
-    let running = |id: &str| {
+fn guest_ctr_killed_containerd_and_shim_leave_nothing() {
+    let Some(mut env) = GuestEnv::start() else {
+        return;
+    };
+    let running = |c: &Containerd, id: &str| {
         c.tasks()
             .into_iter()
-            .any(|(t, _, status)| t == id && status == "RUNNING")
+            .find(|(t, _, status)| t == id && status == "RUNNING")
+            .map(|(_, pid, _)| pid)
     };
     for (runtime, tag) in RUNTIMES {
-        let id = format!("{tag}-shim");
+        let id = format!("{tag}-crash");
         let o = ctr_within(
-            c,
+            &env.c,
             runtime,
             &[
                 "run",
@@ -1042,7 +1055,18 @@ fn guest_ctr_killed_shim_leaves_nothing() {
             Duration::from_secs(600),
         );
         assert!(o.status.success(), "[{runtime}] {}", text(&o.stderr));
-        assert!(running(&id), "[{runtime}] {id} is not running");
+        let pid = running(&env.c, &id).unwrap_or_else(|| panic!("[{runtime}] {id} is not running"));
+
+        env.c.kill_and_restart();
+        assert_eq!(
+            running(&env.c, &id),
+            Some(pid),
+            "[{runtime}] {id} did not survive containerd's restart: {}",
+            env.c.log_tail()
+        );
+        eprintln!("[{runtime:<22}] containerd killed and restarted: {id} still running");
+
+        let c = &env.c;
         let shim = c
             .shim_pid(&id)
             .unwrap_or_else(|| panic!("[{runtime}] no shim for {id}"));
@@ -1051,7 +1075,7 @@ fn guest_ctr_killed_shim_leaves_nothing() {
             libc::kill(shim, libc::SIGKILL);
         }
         let t = Instant::now();
-        while running(&id) || c.shim_pid(&id).is_some() {
+        while running(c, &id).is_some() || c.shim_pid(&id).is_some() {
             assert!(
                 t.elapsed() < Duration::from_secs(120),
                 "[{runtime}] {id}: task or shim still there 120 s after the shim was killed: {}",
@@ -1074,7 +1098,7 @@ fn guest_ctr_killed_shim_leaves_nothing() {
             env.assert_clean();
         }
     }
-    assert!(c.tasks().is_empty());
+    assert!(env.c.tasks().is_empty());
 }
 
 /// A measurement, not a check: `ctr run --rm IMAGE id /bin/true` under mvrun and under runc, alternately,

@@ -234,6 +234,10 @@ impl containerd_shim::Shim for Service {
         let bundle = std::env::current_dir().unwrap_or_default();
         let group = grouping(&bundle, &opts.id);
         let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
+        // A restarted containerd reconnects to a running shim through the bundle's `address` file; the library's
+        // spawn does not write it (its runc shim does so in its own start_shim). Without it containerd takes the
+        // shim for dead after a restart and drops a task that is still running.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
