@@ -81,20 +81,25 @@ pub(crate) fn busybox_rootfs(dir: &Path) -> Result<(), String> {
 
 /// An initramfs whose /init prints `marker` and resets the machine.
 fn marker_initramfs(ctx: &Ctx, marker: &str) -> Result<PathBuf, String> {
-    let root = ctx.scratch.join("initramfs-root");
+    busybox_initramfs(
+        ctx,
+        "marker-initramfs",
+        &format!("#!/bin/sh\necho {marker}\n/bin/busybox reboot -f\n"),
+    )
+}
+
+/// A busybox initramfs, `<scratch>/<name>.cpio`, whose /init is the shell script `init`.
+pub(crate) fn busybox_initramfs(ctx: &Ctx, name: &str, init: &str) -> Result<PathBuf, String> {
+    let root = ctx.scratch.join(format!("{name}-root"));
     busybox_rootfs(&root)?;
-    let init = root.join("init");
-    std::fs::write(
-        &init,
-        format!("#!/bin/sh\necho {marker}\n/bin/busybox reboot -f\n"),
+    let init_path = root.join("init");
+    std::fs::write(&init_path, init).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        &init_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .map_err(|e| e.to_string())?;
-    Command::new("chmod")
-        .arg("755")
-        .arg(&init)
-        .status()
-        .map_err(|e| e.to_string())?;
-    let out = ctx.scratch.join("marker-initramfs.cpio");
+    let out = ctx.scratch.join(format!("{name}.cpio"));
     let ok = Command::new("sh")
         .arg("-c")
         .arg(format!(

@@ -5,7 +5,7 @@
 //! emulated and the VMM's CPU time. Every figure is the guest's: none carries to a hardware-KVM host, where the
 //! same boot takes milliseconds.
 
-use crate::benches::{busybox_rootfs, kernel, series, timing};
+use crate::benches::{busybox_initramfs, kernel, series, timing};
 use crate::{Ctx, Series};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -17,31 +17,15 @@ const MEM_MIB: &str = "128";
 
 /// An initramfs whose /init prints [`MARKER`] and the uptime, writes the boot timer and resets the machine.
 fn timer_initramfs(ctx: &Ctx) -> Result<PathBuf, String> {
-    let root = ctx.scratch.join("kernel-boot-root");
-    busybox_rootfs(&root)?;
-    let init = root.join("init");
     // 0xd0000000 is the boot timer's MMIO page (vmm::arch::layout); 123 its magic byte.
-    std::fs::write(
-        &init,
-        format!(
+    busybox_initramfs(
+        ctx,
+        "kernel-boot",
+        &format!(
             "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\nread up idle </proc/uptime\necho \"{MARKER} $up\"\n\
              /bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox devmem 0xd0000000 8 123\n/bin/busybox reboot -f\n"
         ),
     )
-    .map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
-    let out = ctx.scratch.join("kernel-boot.cpio");
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc --quiet > {}",
-            root.display(),
-            out.display()
-        ))
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(out).ok_or_else(|| "cpio failed".into())
 }
 
 /// CPU time (user + system) of this process's reaped children so far, in seconds.
