@@ -510,7 +510,7 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
 }
 
 /// The phases `mvrun run --timings` prints (`mvrun: NAME   12.3 ms`), in order.
-fn run_phases(stderr: &str) -> Vec<(String, f64)> {
+pub(crate) fn run_phases(stderr: &str) -> Vec<(String, f64)> {
     stderr
         .lines()
         .filter_map(|l| l.strip_prefix("mvrun: ")?.strip_suffix(" ms"))
@@ -637,27 +637,53 @@ fn sandbox_pids(ctx: &Ctx, names: &[String]) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-/// memory.current of the VMM cgroup (under mvrun's `/mvrun-vmm`, cgroup v2) that `pid` is in, in KiB: what the
-/// host charges for the VMM, kernel memory (KVM's page tables, vCPU state) included. `None` for a process
-/// elsewhere (the supervisor stays in its caller's cgroup).
+/// What the host charges to the VMM cgroup (under mvrun's `/mvrun-vmm`) that `pid` is in, in KiB, kernel memory
+/// (KVM's page tables, vCPU state) and page cache included: cgroup v2's memory.current, or the v1 memory
+/// controller's memory.usage_in_bytes on hosts (like hybrid ones) where memory is a v1 controller. `None` for a
+/// process elsewhere (the supervisor stays in its caller's cgroup).
 fn cgroup_memory_kib(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    if !rel.starts_with("/mvrun-vmm/") {
-        return None;
-    }
-    let bytes: f64 = std::fs::read_to_string(format!("/sys/fs/cgroup{rel}/memory.current"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let bytes: f64 = cgroup_memory_files(&text)
+        .into_iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok()?.trim().parse().ok())
+        .next()?;
     Some(bytes / 1024.0)
 }
 
+/// The memory-charge files of the `/mvrun-vmm/...` cgroups named in a /proc/PID/cgroup text, v1 or v2.
+fn cgroup_memory_files(proc_cgroup: &str) -> Vec<String> {
+    proc_cgroup
+        .lines()
+        .filter_map(|line| {
+            // `hierarchy-id:controllers:path`; v2's line has no controllers.
+            let (_, rest) = line.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            if !path.starts_with("/mvrun-vmm/") {
+                None
+            } else if controllers.is_empty() {
+                Some(format!("/sys/fs/cgroup{path}/memory.current"))
+            } else if controllers.split(',').any(|c| c == "memory") {
+                Some(format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 fn density(ctx: &Ctx) -> Result<Vec<Series>, String> {
-    let sizes: &[usize] = if ctx.quick { &[1] } else { &[1, 2, 4, 8] };
+    // N = 1, 2, 4, ... up to --max-n (and --max-n itself).
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |n| n.checked_mul(2))
+        .take_while(|n| *n <= ctx.max_n)
+        .collect();
+    if sizes.last() != Some(&ctx.max_n) {
+        sizes.push(ctx.max_n);
+    }
+    if ctx.quick {
+        sizes.truncate(1);
+    }
     let mut out = Vec::new();
-    for &n in sizes.iter().filter(|n| **n <= ctx.max_n) {
+    for n in sizes {
         // A size that fails is noted and ends the benchmark; the sizes measured before it are kept.
         match density_at(ctx, n) {
             Ok(mut s) => out.append(&mut s),
@@ -799,7 +825,7 @@ fn density_at(ctx: &Ctx, n: usize) -> Result<Vec<Series>, String> {
         ));
         if !cgroup.is_empty() {
             out.push(mem(
-                "host memory per idle sandbox: the VMM cgroup's memory.current (page cache, kernel memory)",
+                "host memory per idle sandbox: the VMM cgroup's charge (memory.current, or v1 usage_in_bytes)",
                 cgroup,
             ));
         }
@@ -819,4 +845,42 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_timing_formats() {
+        // `mvrun run --timings` (padded name, value, unit) and `mvrun vm boot --timings` (`NAME: value unit`).
+        let run = "mvrun: guest boot to agent                  46812.0 ms\n\
+                   mvrun:   VMM: KVM memory slot                    6.9 ms\n\
+                   mvrun: container create                     17500.5 ms\n\
+                   mvrun: VMM RSS excluding guest memory: 5836 KiB\n";
+        let phases = run_phases(run);
+        assert_eq!(phases[0], ("guest boot to agent".to_string(), 46812.0));
+        assert_eq!(phases[1], ("VMM: KVM memory slot".to_string(), 6.9));
+        assert_eq!(phases[2], ("container create".to_string(), 17500.5));
+        assert_eq!(phases.len(), 3);
+        assert_eq!(timing(run, "VMM RSS excluding guest memory"), Some(5836.0));
+        assert_eq!(
+            setup_phases("mvrun: setup phase: vCPU creation: 0.54 ms\n"),
+            vec![("vCPU creation".to_string(), 0.54)]
+        );
+    }
+
+    #[test]
+    fn finds_the_vmm_cgroup_on_v1_and_v2_hosts() {
+        let hybrid = "4:memory:/mvrun-vmm/abc\n3:cpu,cpuacct:/mvrun-vmm/abc\n0::/\n";
+        assert_eq!(
+            cgroup_memory_files(hybrid),
+            ["/sys/fs/cgroup/memory/mvrun-vmm/abc/memory.usage_in_bytes"]
+        );
+        assert_eq!(
+            cgroup_memory_files("0::/mvrun-vmm/abc\n"),
+            ["/sys/fs/cgroup/mvrun-vmm/abc/memory.current"]
+        );
+        assert!(cgroup_memory_files("4:memory:/user.slice\n0::/user.slice\n").is_empty());
+    }
 }

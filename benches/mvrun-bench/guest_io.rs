@@ -2,7 +2,7 @@
 //! I/O (a sequential read from the rootfs device, stdout streamed through vsock) inside the guest vs the same work
 //! on the host. Every guest figure here is dominated by this host's emulated guest when /dev/kvm is emulated.
 
-use crate::benches::{busybox_rootfs, series, timing};
+use crate::benches::{busybox_rootfs, run_phases, series};
 use crate::{Ctx, Series};
 use std::io::Read;
 use std::path::PathBuf;
@@ -124,8 +124,17 @@ pub fn rootfs_format(ctx: &Ctx) -> Result<Vec<Series>, String> {
             mount.push(guest_mount_ms(&f.console).ok_or_else(|| {
                 format!("no \"rootfs mounted\" line in the {format} guest's console")
             })?);
-            create.extend(timing(&f.supervisor, "container create"));
-            run.extend(timing(&f.supervisor, "workload run"));
+            // `--timings` prints the supervisor's phases as `mvrun: NAME   X ms` to its log.
+            let phases = run_phases(&f.supervisor);
+            for (name, into) in [
+                ("container create", &mut create),
+                ("workload run", &mut run),
+            ] {
+                let (_, ms) = phases.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                    format!("no \"{name}\" phase in the {format} sandbox's supervisor.log")
+                })?;
+                into.push(*ms);
+            }
         }
         let name = format!("{format} rootfs");
         out.push(series(

@@ -3,8 +3,8 @@
 //! `cargo run --release --bin mvrun-bench -- [--quick] [--runs N] [--out DIR] [--only NAME]...` writes `results.json`,
 //! `results.csv`, one PNG per measured figure and `summary.md` to DIR (default `bench-results/`), and prints the
 //! summary table. `--quick` runs one iteration with small N: the test suite runs it so the harness cannot rot.
-//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, 8, up to `--max-n`); `--append` keeps the series of
-//! the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
+//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, ... up to `--max-n`); `--append` keeps
+//! the series of the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
 //!
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
 //! on the same kernel and initramfs, time to init's marker), `kernel-boot` (the guest kernel's boot to init: boot
@@ -21,6 +21,7 @@ mod plot;
 mod stats;
 
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One measured figure of one subject over repeated runs.
@@ -47,7 +48,7 @@ pub struct Ctx {
     pub quick: bool,
     /// Iterations of every benchmark, instead of each one's own full count (`--runs`).
     pub runs: Option<usize>,
-    /// The largest N of `density` (`--max-n`; default 8).
+    /// The largest N of `density` (`--max-n`; default 8 where guests are emulated, 32 on a hardware-KVM host).
     pub max_n: usize,
     /// Where the results go.
     pub out: PathBuf,
@@ -82,7 +83,7 @@ fn main() {
     let mut quick = false;
     let mut runs = None;
     let mut append = false;
-    let mut max_n = 8;
+    let mut max_n = None;
     let mut out = PathBuf::from("bench-results");
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -91,7 +92,7 @@ fn main() {
             "--quick" => quick = true,
             "--append" => append = true,
             "--max-n" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
-                Some(n) if n > 0 => max_n = n,
+                Some(n) if n > 0 => max_n = Some(n),
                 _ => {
                     eprintln!("mvrun-bench: --max-n takes a positive number");
                     std::process::exit(2);
@@ -108,7 +109,8 @@ fn main() {
             },
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
-                println!("usage: mvrun-bench [--quick] [--runs N] [--max-n N] [--append] [--out DIR] [--only cold-start|vmm-peer|vmm-overhead|density|rootfs-format|io]...");
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout(), "{HELP}");
                 return;
             }
             other => {
@@ -125,7 +127,7 @@ fn main() {
     let ctx = Ctx {
         quick,
         runs,
-        max_n,
+        max_n: max_n.unwrap_or_else(default_max_n),
         out: out.clone(),
         mvrun: sibling("mvrun"),
         scratch: scratch.path().to_path_buf(),
@@ -183,6 +185,37 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// `density`'s largest N when `--max-n` is not given: each emulated guest boot takes a core for half a minute, so
+/// 8 on such hosts; on a hardware-KVM host boots take milliseconds and 32 idle sandboxes fit in a few GiB.
+fn default_max_n() -> usize {
+    if mvrun::kernel::Variant::for_this_host() == mvrun::kernel::Variant::Emulated {
+        8
+    } else {
+        32
+    }
+}
+
+const HELP: &str = "\
+Runs mvrun's benchmarks, each against its peers in the same run, and writes results.json, results.csv, one PNG
+plot per figure and summary.md (min/median/p95/max, ratio to the first subject, whether the figure carries to a
+hardware-KVM host) to the output directory; prints the summary.
+
+Usage: mvrun-bench [OPTIONS]
+
+Options:
+  --out DIR     where the results go (default: bench-results)
+  --only NAME   run only this benchmark (repeatable): vmm-overhead, vmm-peer, kernel-boot, cold-start, density,
+                rootfs-format, io
+  --runs N      iterations of every benchmark, instead of each one's own count
+  --max-n N     density's largest N (N = 1, 2, 4, ... up to it; default 8 where guests are emulated, else 32)
+  --append      keep the series of the benchmarks not run now from DIR/results.json (run them one at a time)
+  --quick       one iteration, N = 1: checks the harness, not the figures
+  -h, --help    this text
+
+Build first: cargo build --release -p mvrun --bins (mvrun, mvrun-vmm, the shim and this binary sit side by side).
+On a host whose guests are emulated, run the guest-booting benchmarks under the guest lock:
+  flock /tmp/mvrun-guest.lock target/release/mvrun-bench --out DIR";
 
 /// A binary built next to this one.
 fn sibling(name: &str) -> PathBuf {
