@@ -450,9 +450,16 @@ fn cold_start(ctx: &Ctx) -> Result<Vec<Series>, String> {
             values,
         ));
     }
-    // The VMM's own phases carry to a hardware-KVM host; the guest's do not.
     out.extend(phases.into_iter().map(|(name, v)| {
-        let hw = name.contains("VMM") && !name.contains("boot");
+        // The host's and the VMM's phases carry to a hardware-KVM host; the guest's do not.
+        let guest_side = [
+            "kernel boot",
+            "guest boot",
+            "container create",
+            "workload run",
+            "teardown",
+        ];
+        let hw = !guest_side.iter().any(|g| name.starts_with(g));
         series(
             "cold-start",
             &name,

@@ -83,6 +83,7 @@ fn main() {
     let mut quick = false;
     let mut runs = None;
     let mut append = false;
+    let mut report = false;
     let mut max_n = None;
     let mut out = PathBuf::from("bench-results");
     let mut only: Vec<String> = Vec::new();
@@ -91,6 +92,7 @@ fn main() {
         match a.as_str() {
             "--quick" => quick = true,
             "--append" => append = true,
+            "--report" => report = true,
             "--max-n" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
                 Some(n) if n > 0 => max_n = Some(n),
                 _ => {
@@ -119,6 +121,19 @@ fn main() {
             }
         }
     }
+    if let Some(bad) = only
+        .iter()
+        .find(|o| !benches::ALL.iter().any(|(name, _)| name == o))
+    {
+        let names: Vec<&str> = benches::ALL.iter().map(|(name, _)| *name).collect();
+        eprintln!(
+            "mvrun-bench: no benchmark named {bad:?}; the benchmarks are {}",
+            names.join(", ")
+        );
+        std::process::exit(2);
+    }
+    // --report runs nothing: it rewrites the summary and plots from the directory's results.
+    let append = append || report;
     if let Err(e) = std::fs::create_dir_all(&out) {
         eprintln!("mvrun-bench: cannot create {}: {e}", out.display());
         std::process::exit(1);
@@ -136,23 +151,30 @@ fn main() {
     let mut results: Vec<Series> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut earlier: Vec<Series> = Vec::new();
+    let mut earlier_notes: Vec<String> = Vec::new();
     if append {
-        // Benchmarks run one at a time into one results directory: keep the others' series.
-        if let Ok(text) = std::fs::read_to_string(out.join("results.json")) {
-            match serde_json::from_str::<Vec<Series>>(&text) {
-                Ok(s) => earlier = s,
-                Err(e) => {
-                    eprintln!("mvrun-bench: cannot append to {}: {e}", out.display());
-                    std::process::exit(1);
-                }
-            }
+        // Benchmarks run one at a time into one results directory: keep the others' series and notes.
+        let read = |file: &str| std::fs::read_to_string(out.join(file)).ok();
+        let parsed = read("results.json")
+            .map(|t| serde_json::from_str::<Vec<Series>>(&t).map(|s| earlier = s))
+            .into_iter()
+            .chain(
+                read("notes.json")
+                    .map(|t| serde_json::from_str::<Vec<String>>(&t).map(|n| earlier_notes = n)),
+            )
+            .collect::<Result<(), _>>();
+        if let Err(e) = parsed {
+            eprintln!("mvrun-bench: cannot append to {}: {e}", out.display());
+            std::process::exit(1);
         }
     }
     for (name, f) in benches::ALL {
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
+        if report || (!only.is_empty() && !only.iter().any(|o| o == name)) {
             continue;
         }
         earlier.retain(|s| s.bench != *name);
+        // Notes name their benchmark first (`name` ...).
+        earlier_notes.retain(|n| !n.starts_with(&format!("`{name}`")));
         eprintln!("== {name}");
         match f(&ctx) {
             Ok(mut r) => results.append(&mut r),
@@ -179,6 +201,8 @@ fn main() {
         let rank = |s: &Series| benches::ALL.iter().position(|(n, _)| *n == s.bench);
         earlier.sort_by_key(rank);
         results = earlier;
+        earlier_notes.append(&mut notes);
+        notes = earlier_notes;
     }
     if let Err(e) = write_results(&out, &results, &notes) {
         eprintln!("mvrun-bench: {e}");
@@ -210,6 +234,7 @@ Options:
   --runs N      iterations of every benchmark, instead of each one's own count
   --max-n N     density's largest N (N = 1, 2, 4, ... up to it; default 8 where guests are emulated, else 32)
   --append      keep the series of the benchmarks not run now from DIR/results.json (run them one at a time)
+  --report      run nothing: rewrite DIR's summary.md and plots from its results.json
   --quick       one iteration, N = 1: checks the harness, not the figures
   -h, --help    this text
 
@@ -266,6 +291,8 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
         }
     }
     std::fs::write(out.join("results.csv"), csv).map_err(|e| e.to_string())?;
+    let notes_json = serde_json::to_string_pretty(notes).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("notes.json"), notes_json).map_err(|e| e.to_string())?;
 
     plot::init_font()?;
     let mut md = String::from("# mvrun benchmark summary\n\n");
@@ -330,7 +357,7 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
     }
     md.push_str(&figures);
     if !notes.is_empty() {
-        md.push_str("\n## Not run\n\n");
+        md.push_str("\n## Notes (what did not run or could not be read)\n\n");
         for n in notes {
             md.push_str(&format!("- {n}\n"));
         }
