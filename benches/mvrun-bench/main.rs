@@ -242,6 +242,17 @@ Build first: cargo build --release -p mvrun --bins (mvrun, mvrun-vmm, the shim a
 On a host whose guests are emulated, run the guest-booting benchmarks under the guest lock:
   flock /tmp/mvrun-guest.lock target/release/mvrun-bench --out DIR";
 
+/// A figure for the summary: two decimals, or three significant digits below 1 (a throughput of 0.0034 sandboxes
+/// per second, a ratio of 0.00045), so no value prints as 0.00.
+fn figure(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        let decimals = (2 - v.abs().log10().floor() as i32).max(2) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
 /// A binary built next to this one.
 fn sibling(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -311,27 +322,29 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
             .iter()
             .filter(|s| &s.bench == bench && &s.metric == metric)
             .collect();
+        // A phase breakdown's subjects are parts of one whole, not peers: no ratio between them.
         let base = members
             .first()
+            .filter(|_| !metric.contains("phases"))
             .and_then(|s| stats::summarize(&s.values))
             .map(|s| s.median);
         for s in &members {
             if let Some(sum) = stats::summarize(&s.values) {
                 let ratio = base
                     .filter(|b| *b > 0.0)
-                    .map(|b| format!("{:.2}x", sum.median / b))
+                    .map(|b| format!("{}x", figure(sum.median / b)))
                     .unwrap_or_default();
                 md.push_str(&format!(
-                    "| {} | {} | {} ({}) | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |\n",
                     s.bench,
                     s.subject,
                     s.metric,
                     s.unit,
                     sum.n,
-                    sum.min,
-                    sum.median,
-                    sum.p95,
-                    sum.max,
+                    figure(sum.min),
+                    figure(sum.median),
+                    figure(sum.p95),
+                    figure(sum.max),
                     ratio,
                     if s.carries_to_hardware {
                         "yes"
@@ -365,4 +378,19 @@ fn write_results(out: &Path, results: &[Series], notes: &[String]) -> Result<(),
     std::fs::write(out.join("summary.md"), &md).map_err(|e| e.to_string())?;
     print!("{md}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::figure;
+
+    #[test]
+    fn small_figures_keep_three_significant_digits() {
+        assert_eq!(figure(71911.14), "71911.14");
+        assert_eq!(figure(1.0), "1.00");
+        assert_eq!(figure(0.5), "0.500");
+        assert_eq!(figure(0.0034464), "0.00345");
+        assert_eq!(figure(0.00045), "0.000450");
+        assert_eq!(figure(0.0), "0.00");
+    }
 }

@@ -1,6 +1,8 @@
 //! PNG plots of benchmark samples (plotters, bitmap backend): a strip plot per benchmark, each run a dot, the
 //! median a bar, so the distribution is visible, not just its summary.
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, FontTransform};
 use std::path::Path;
@@ -44,14 +46,55 @@ pub fn strip_plot(
     let root = BitMapBackend::new(path, (900, 480 + label_area)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let n = series.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
+    let mut builder = ChartBuilder::on(&root);
+    builder
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(label_area)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(n - 0.5), 0f64..max)
-        .map_err(|e| e.to_string())?;
-    let names: Vec<String> = series.iter().map(|(n, _)| n.clone()).collect();
+        .y_label_area_size(70);
+    let mut layout = Layout {
+        names: series.iter().map(|(n, _)| n.clone()).collect(),
+        vertical,
+        unit: unit.to_string(),
+    };
+    // Peers a thousand times apart (runc's milliseconds beside a guest's minute) share a log axis, so both show.
+    let min = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if min.is_finite() && max / min > 100.0 {
+        layout.unit = format!("{unit} (log scale)");
+        let chart = builder
+            .build_cartesian_2d(-0.5f64..(n - 0.5), (min / 2.0..max).log_scale())
+            .map_err(|e| e.to_string())?;
+        draw(chart, &layout, series)?;
+    } else {
+        let chart = builder
+            .build_cartesian_2d(-0.5f64..(n - 0.5), 0f64..max)
+            .map_err(|e| e.to_string())?;
+        draw(chart, &layout, series)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// What the x axis shows: the series' names, turned downwards when long.
+struct Layout {
+    names: Vec<String>,
+    vertical: bool,
+    unit: String,
+}
+
+/// Draws the axes, the dots and the median bars on a chart of either y scale.
+fn draw<'a, Y>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    layout: &Layout,
+    series: &[(String, Vec<f64>)],
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let (names, vertical) = (&layout.names, layout.vertical);
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -77,7 +120,7 @@ pub fn strip_plot(
         } else {
             ("sans-serif", 14).into_font()
         })
-        .y_desc(unit)
+        .y_desc(layout.unit.as_str())
         .y_label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -100,5 +143,5 @@ pub fn strip_plot(
                 .map_err(|e| e.to_string())?;
         }
     }
-    root.present().map_err(|e| e.to_string())
+    Ok(())
 }
