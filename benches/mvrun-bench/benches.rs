@@ -42,7 +42,34 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn have(tool: &str) -> bool {
+/// The instructions `mvrun ARGS EXTRA` executed in user space, in millions, counted by callgrind (`perf` cannot
+/// count instructions on these machines): a figure the host's load does not move. `None` when callgrind printed no
+/// total.
+pub(crate) fn callgrind_instructions(
+    ctx: &Ctx,
+    args: &[&str],
+    extra: &[&std::ffi::OsStr],
+) -> Result<Option<f64>, String> {
+    let cg = ctx.scratch.join("callgrind.out");
+    let o = Command::new("valgrind")
+        .args(["--tool=callgrind", "--trace-children=no"])
+        .arg(format!("--callgrind-out-file={}", cg.display()))
+        .arg(&ctx.mvrun)
+        .args(args)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("valgrind: {e}"))?;
+    let _ = std::fs::remove_file(&cg);
+    Ok(String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .find(|l| l.contains("Collected :"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .map(|n| n / 1e6))
+}
+
+pub(crate) fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -363,24 +390,8 @@ fn vmm_overhead(ctx: &Ctx) -> Result<Vec<Series>, String> {
     if have("valgrind") {
         let mut instr = Vec::new();
         for _ in 0..ctx.iterations(3) {
-            let cg = ctx.scratch.join("callgrind.out");
-            let o = Command::new("valgrind")
-                .args(["--tool=callgrind", "--trace-children=no"])
-                .arg(format!("--callgrind-out-file={}", cg.display()))
-                .arg(&ctx.mvrun)
-                .args(["vm", "boot", "--dry-run", "--mem", "128", "--kernel"])
-                .arg(&kernel)
-                .output()
-                .map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&o.stderr);
-            if let Some(n) = text
-                .lines()
-                .find(|l| l.contains("Collected :"))
-                .and_then(|l| l.rsplit(':').next())
-                .and_then(|n| n.trim().parse::<f64>().ok())
-            {
-                instr.push(n / 1e6);
-            }
+            let args = ["vm", "boot", "--dry-run", "--mem", "128", "--kernel"];
+            instr.extend(callgrind_instructions(ctx, &args, &[kernel.as_os_str()])?);
         }
         out.push(series(
             "vmm-overhead",
