@@ -14,17 +14,19 @@
 //! under mvrun they run in the sandbox's VM (still one VMM). Stop + remove leave no VMM, tap, namespace or CNI
 //! state. A test that cannot run prints `SKIP: reason`.
 
+#[path = "helpers/containerd.rs"]
+mod containerd;
 #[path = "helpers/cri_client.rs"]
 mod cri_client;
 
+use containerd::{busybox_image_tar, daemon_dir, processes_mentioning, Daemon};
 use cri_client::CriClient;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-mvrun-v2");
 const IMAGE: &str = "docker.io/mvrun/cri-test:latest";
 const K8S_NS: &str = "k8s.io";
 const TAP: &str = "tap0_mvrun";
@@ -88,26 +90,10 @@ fn netns_names() -> HashSet<String> {
         .unwrap_or_default()
 }
 
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&c).contains(needle) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 /// containerd with the CRI plugin, CNI and both runtime handlers; everything it and its pods made is removed when
 /// dropped (pods through CRI, then containerd, shims and VMMs by pid, the bridge, the namespaces and CNI state).
 struct Cri {
-    dir: tempfile::TempDir,
-    child: Child,
+    d: Daemon,
     /// CNI's network name and bridge, unique to this run.
     net_name: String,
     bridge: String,
@@ -117,10 +103,7 @@ struct Cri {
 
 impl Cri {
     fn start() -> Cri {
-        let dir = tempfile::Builder::new()
-            .prefix("cri")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = daemon_dir("cri");
         let d = dir.path();
         let pid = std::process::id();
         let subnet = 10 + pid % 200;
@@ -141,16 +124,7 @@ impl Cri {
         // restrict_oom_score_adj: these machines lack CAP_SYS_RESOURCE for the sandbox's oom_score_adj -998, and
         // runc's RunPodSandbox fails without it.
         let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  level = "debug"
-[plugins."io.containerd.grpc.v1.cri"]
+            r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{IMAGE}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -162,71 +136,24 @@ state = "{state}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
-    max_conf_num = 1
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
+    max_conf_num = 1"#,
             cni = d.join("cni").display(),
         );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let bin_dir = Path::new(SHIM).parent().unwrap();
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        // The shim's runtime directories (and so its VMMs' sockets) stay under this test's directory.
+        let run_dir = d.join("run");
         let netns_before = netns_names();
-        let child = Command::new("/usr/bin/containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            // The shim's runtime directories (and so its VMMs' sockets) stay under this test's directory.
-            .env("MVRUN_RUN_DIR", d.join("run"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let c = Cri {
-            dir,
-            child,
+        let daemon = Daemon::start(dir, K8S_NS, &config, &[("MVRUN_RUN_DIR", &run_dir)]);
+        Cri {
+            d: daemon,
             net_name,
             bridge,
             subnet,
             netns_before,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up: {}",
-                c.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
-        c
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
     }
 
     fn run_root(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        let sock = self.sock();
-        let mut a = vec!["--address", sock.to_str().unwrap(), "-n", K8S_NS];
-        a.extend(args);
-        run("/usr/bin/ctr", &a)
+        self.dir().join("run")
     }
 
     fn client(&self) -> CriClient {
@@ -234,7 +161,17 @@ state = "{state}"
     }
 
     fn import_image(&self) {
-        let tar = build_image_tar(self.dir.path());
+        // Its default command sleeps, so it serves as the pod's sandbox image too.
+        let tar = busybox_image_tar(
+            self.dir(),
+            IMAGE,
+            &["sleep", "2147483647"],
+            &[
+                "sh", "echo", "cat", "sleep", "true", "ls", "ps", "hostname", "ip", "ifconfig",
+                "wget", "httpd", "nc", "grep",
+            ],
+            &[("www/index.html", "hello from the pod\n")],
+        );
         let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(o.status.success(), "import: {}", text(&o.stderr));
     }
@@ -282,38 +219,11 @@ impl Drop for Cri {
                 let _ = c.remove_pod(&pod);
             }
         }
-        // SAFETY: kill(2) on the containerd this harness started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let sock = self.sock().display().to_string();
-        let mut left = processes_mentioning(&sock);
-        left.extend(self.vmm_processes().into_iter().map(|(pid, _)| pid));
-        for pid in left {
-            // SAFETY: kill(2) on a shim of this harness's containerd (its command line names the socket) or a VMM
-            // under this harness's runtime directory.
+        self.d.stop();
+        for (pid, _) in self.vmm_processes() {
+            // SAFETY: kill(2) on a VMM under this harness's runtime directory.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        let prefix = self.dir.path().to_string_lossy().into_owned();
-        for m in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .rev()
-        {
-            if let Some(p) = m
-                .split_whitespace()
-                .nth(1)
-                .filter(|p| p.starts_with(&prefix))
-            {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             }
         }
         for ns in self.new_netns() {
@@ -330,87 +240,12 @@ impl Drop for Cri {
     }
 }
 
-/// An OCI image layout tar of a busybox rootfs named `IMAGE`; its default command sleeps, so it serves as the
-/// pod's sandbox image too.
-fn build_image_tar(dir: &Path) -> PathBuf {
-    use sha2::Digest;
-    let root = dir.join("image-root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for d in ["etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
+// The harness's daemon methods (ctr, sock, log_tail, ...) on the test's containerd.
+impl std::ops::Deref for Cri {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "cat", "sleep", "true", "ls", "ps", "hostname", "ip", "ifconfig", "wget",
-        "httpd", "nc", "grep",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from the pod\n").unwrap();
-    let layout = dir.join("image-layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let layer_path = dir.join("layer.tar");
-    let st = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&layer_path)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let layer = std::fs::read(&layer_path).unwrap();
-    let put = |data: &[u8]| -> String {
-        let d = hex::encode(sha2::Sha256::digest(data));
-        std::fs::write(blobs.join(&d), data).unwrap();
-        d
-    };
-    let layer_digest = put(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": ["sleep", "2147483647"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    })
-    .to_string();
-    let config_digest = put(config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    })
-    .to_string();
-    let manifest_digest = put(manifest.as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
-                       "annotations": {"io.containerd.image.name": IMAGE,
-                                       "org.opencontainers.image.ref.name": "latest"}}]
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let tar = dir.join("image.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tar)
-        .args(["oci-layout", "index.json", "blobs"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tar
 }
 
 /// Whether the host reaches `ip` and a kernel there answers: a UDP datagram to a closed port comes back as ICMP

@@ -6,6 +6,10 @@
 //! directory and an env variable proves `-u`, `-w` and `-e` at once). A test that cannot run here prints
 //! `SKIP: reason` and returns.
 
+#[path = "helpers/pty.rs"]
+mod pty;
+
+use pty::Pty;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -332,108 +336,6 @@ fn find_vmm_for(name: &str) -> Option<u32> {
     None
 }
 
-/// A terminal the test owns: the master end, and everything read from it so far (a thread keeps reading until
-/// every slave descriptor is closed).
-struct Pty {
-    master: std::os::fd::OwnedFd,
-    seen: std::sync::Arc<std::sync::Mutex<String>>,
-    slave: Option<std::os::fd::OwnedFd>,
-}
-
-impl Pty {
-    fn open(rows: u16, cols: u16) -> Pty {
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            // Ends with EIO once the last slave descriptor is closed.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Pty {
-            master: pty.master,
-            seen,
-            slave: Some(pty.slave),
-        }
-    }
-
-    /// `mvrun ARGS` with this terminal as its controlling terminal and stdio, as a shell would start it.
-    fn spawn(&mut self, args: &[&str]) -> KillOnDrop {
-        use std::os::unix::process::CommandExt;
-        let slave = self.slave.take().expect("one process per terminal");
-        let mut cmd = mvrun(args);
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: setsid and ioctl are async-signal-safe; the child makes stdin its controlling terminal, so the
-        // kernel sends it SIGWINCH when the test resizes the terminal.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // `cmd` (and its copies of the slave) is dropped here: only the child holds the terminal now.
-        KillOnDrop(Some(cmd.spawn().expect("spawn mvrun")))
-    }
-
-    fn write(&self, bytes: &[u8]) {
-        nix::unistd::write(&self.master, bytes).expect("write to the terminal");
-    }
-
-    fn resize(&self, rows: u16, cols: u16) {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads the valid struct we pass.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&self.master),
-                libc::TIOCSWINSZ,
-                &ws,
-            )
-        };
-        assert_eq!(rc, 0, "resize the test's terminal");
-    }
-
-    fn text(&self) -> String {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Waits until the output contains `needle`; panics with the output after `timeout`.
-    fn expect(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on the terminal within {timeout:?}; it shows {:?}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// A child that is killed if the test fails before it ends (the CLI's death takes its VMM with it).
 struct KillOnDrop(Option<std::process::Child>);
 
@@ -485,10 +387,10 @@ fn guest_terminal_run_and_exec() {
     require_full_path!();
     let name = format!("tty-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let mut term = Pty::open(31, 97);
-    let run_cli = term.spawn(&[
+    let run_cli = KillOnDrop(Some(term.spawn(mvrun(&[
         "run", "--rm", "--name", &name, "-it", "busybox", "sh", "-c",
         "tty; stty size; read x; echo got:$x; while read y; do [ \"$y\" = q ] && exit 7; stty size; done",
-    ]);
+    ]))));
     term.expect("31 97\r\n", Duration::from_secs(600));
     assert!(
         term.text().contains("/dev/pts/0\r\n31 97\r\n"),
@@ -506,14 +408,14 @@ fn guest_terminal_run_and_exec() {
 
     // exec -it into the running sandbox: its own terminal and size, input, exit code.
     let mut term2 = Pty::open(40, 120);
-    let exec_cli = term2.spawn(&[
+    let exec_cli = KillOnDrop(Some(term2.spawn(mvrun(&[
         "exec",
         "-it",
         &name,
         "sh",
         "-c",
         "tty; stty size; read z; echo exec:$z; exit 5",
-    ]);
+    ]))));
     term2.expect("40 120\r\n", Duration::from_secs(300));
     assert!(
         term2.text().contains("/dev/pts/1\r\n"),

@@ -9,15 +9,27 @@
 //! killed from outside. After each, nothing of the task is left: no VMM, runtime directory, private rootfs image or
 //! mount. A test that cannot run prints `SKIP: reason` and returns.
 
+#[path = "helpers/containerd.rs"]
+mod containerd;
+#[path = "helpers/pty.rs"]
+mod pty;
+
+use containerd::{busybox_image_tar, daemon_dir, processes_mentioning, Daemon};
+use pty::Pty;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-mvrun-v2");
 const MVRUN_RUNTIME: &str = "io.containerd.mvrun.v2";
 const IMAGE: &str = "docker.io/mvrun/shim-test:latest";
 const NAMESPACE: &str = "mvrun-test";
+/// The busybox applets in the test images.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "ps", "hostname", "tty", "stty",
+    "dd",
+];
 
 fn skip_reason() -> Option<String> {
     if std::fs::OpenOptions::new()
@@ -59,93 +71,22 @@ macro_rules! require {
     };
 }
 
-/// A containerd of our own, stopped by pid (with every shim it started) when dropped.
+/// The harness's containerd (tests/helpers/containerd.rs) with this test's namespace; its tasks and containers
+/// are removed when dropped, before containerd and its shims are stopped.
 struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
-    env: Vec<(String, PathBuf)>,
+    d: Daemon,
 }
 
 impl Containerd {
     /// containerd with extra environment, which its shims (and their VMMs) inherit.
     fn start_with_env(env: &[(&str, &Path)]) -> Containerd {
-        // A short path: shim and containerd sockets live under it.
-        let dir = tempfile::Builder::new()
-            .prefix("ctrd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  level = "debug"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
+        let d = Daemon::start(
+            daemon_dir("ctrd"),
+            NAMESPACE,
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#,
+            env,
         );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let env: Vec<(String, PathBuf)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
-            .collect();
-        let child = Self::spawn(d, &env);
-        let c = Containerd { dir, child, env };
-        c.wait_up();
-        c
-    }
-
-    /// containerd on the config in `d`, its output appended to `d/containerd.log`.
-    fn spawn(d: &Path, env: &[(String, PathBuf)]) -> Child {
-        // The shim is found on PATH by its runtime name; mvrun-vmm sits next to it.
-        let bin_dir = Path::new(SHIM).parent().unwrap();
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("containerd.log"))
-            .unwrap();
-        Command::new("/usr/bin/containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd")
-    }
-
-    fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up: {}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Kills containerd with SIGKILL (its shims and tasks go on) and starts it again on the same root and state,
-    /// as a crash and a restart by the init system would.
-    fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(self.dir.path(), &self.env);
-        self.wait_up();
+        Containerd { d }
     }
 
     /// The pid of the shim process serving container `id` (the shim's `-id` is its group: the container itself
@@ -160,32 +101,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 .collect();
             args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
         })
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-
-    fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("/usr/bin/ctr");
-        c.arg("--address")
-            .arg(self.sock())
-            .args(["-n", NAMESPACE])
-            .args(args);
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
     }
 
     /// `ctr run --rm` under `runtime`, with `input` on stdin when given (ctr 1.6's `run` always forwards its stdin
@@ -243,9 +158,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// The busybox image under `name`, with `files` (path in the rootfs, content) added.
     fn import_image_as(&self, name: &str, files: &[(&str, &str)]) {
-        let dir = self.dir.path().join(name.replace(['/', ':'], "_"));
+        let dir = self.dir().join(name.replace(['/', ':'], "_"));
         std::fs::create_dir_all(&dir).unwrap();
-        let tar = build_image_tar(&dir, name, files);
+        let tar = busybox_image_tar(&dir, name, &["sh"], APPLETS, files);
         let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(
             o.status.success(),
@@ -265,52 +180,22 @@ impl Drop for Containerd {
         for c in String::from_utf8_lossy(&self.ctr(&["containers", "ls", "-q"]).stdout).lines() {
             let _ = self.ctr(&["containers", "rm", c]);
         }
-        // SAFETY: kill(2) on the containerd this harness started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Shims are daemons: end any this containerd started (their command line names its socket).
-        let sock = self.sock().display().to_string();
-        for pid in processes_mentioning(&sock) {
-            // SAFETY: kill(2) on a shim of this harness's containerd, found by its command line.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        for m in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Some(p) = m
-                .split_whitespace()
-                .nth(1)
-                .filter(|p| p.starts_with(&*self.dir.path().to_string_lossy()))
-            {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        self.d.stop();
     }
 }
 
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&c).contains(needle) {
-                out.push(pid);
-            }
-        }
+// The harness's daemon methods (ctr, sock, log_tail, kill_and_restart, ...) on the test's containerd.
+impl std::ops::Deref for Containerd {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
     }
-    out
+}
+
+impl std::ops::DerefMut for Containerd {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.d
+    }
 }
 
 /// The VMM processes now running whose sandbox is under the shim's runtime directory. Only this build's
@@ -356,93 +241,6 @@ fn report(runtime: &str, what: &str, o: &Output, took: Duration) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
-/// An OCI image layout tar of a busybox rootfs with `files` added, named `name` for `ctr images import`.
-fn build_image_tar(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let root = dir.join("image-root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "ps", "hostname", "tty", "stty",
-        "dd",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    for (path, content) in files {
-        std::fs::write(root.join(path), content).unwrap();
-    }
-    let layout = dir.join("image-layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let layer_path = dir.join("layer.tar");
-    let st = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&layer_path)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let layer = std::fs::read(&layer_path).unwrap();
-    let put = |data: &[u8]| -> String {
-        let d = sha256(data);
-        std::fs::write(blobs.join(&d), data).unwrap();
-        d
-    };
-    let layer_digest = put(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    })
-    .to_string();
-    let config_digest = put(config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    })
-    .to_string();
-    let manifest_digest = put(manifest.as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
-                       "annotations": {"io.containerd.image.name": name,
-                                       "org.opencontainers.image.ref.name": "latest"}}]
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let tar = dir.join("image.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tar)
-        .args(["oci-layout", "index.json", "blobs"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tar
 }
 
 fn assert_clean_in(run_root: &Path) {
@@ -559,7 +357,7 @@ impl GuestEnv {
             cached.len() <= images,
             "private rootfs images left: {cached:?}"
         );
-        let dir = self.c.dir.path().to_string_lossy().to_string();
+        let dir = self.c.dir().to_string_lossy().to_string();
         let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
             .unwrap()
             .lines()
@@ -575,8 +373,8 @@ impl GuestEnv {
 
     /// The shim's and containerd's log lines about `id`'s phases (the shim logs through containerd's log).
     fn phases(&self, id: &str) -> Vec<String> {
-        std::fs::read_to_string(self.c.dir.path().join("containerd.log"))
-            .unwrap_or_default()
+        self.c
+            .log()
             .lines()
             .filter(|l| l.contains(&format!("task {id}")))
             .map(str::to_string)
@@ -649,81 +447,6 @@ fn guest_ctr_run_echo_stdin_and_exit_code() {
     assert!(c.tasks().is_empty());
 }
 
-/// A terminal the test owns for `ctr -t`: the master end and what was read from it.
-struct Pty {
-    master: std::os::fd::OwnedFd,
-    slave: Option<std::os::fd::OwnedFd>,
-    seen: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Pty {
-    fn open(rows: u16, cols: u16) -> Pty {
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            // Ends with EIO once the last slave descriptor is closed.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Pty {
-            master: pty.master,
-            slave: Some(pty.slave),
-            seen,
-        }
-    }
-
-    /// ctr with this terminal as its controlling terminal and stdio, as a shell starts it.
-    fn spawn(&mut self, mut cmd: Command) -> Child {
-        use std::os::unix::process::CommandExt;
-        let slave = self.slave.take().expect("one process per terminal");
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: setsid and ioctl are async-signal-safe; the child makes stdin its controlling terminal.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn().expect("spawn ctr")
-    }
-
-    fn text(&self) -> String {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn expect(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on the terminal within {timeout:?}; it shows {:?}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// Runs `cmd` (a ctr invocation with `-t`) on a new 33x77 terminal: the process sees a pty sized like ours (ctr
 /// sends ResizePty), what we type reaches it, and its exit code comes back. Returns the terminal's text.
 fn ctr_on_terminal(runtime: &str, what: &str, cmd: Command, expect_code: i32) -> String {
@@ -731,7 +454,7 @@ fn ctr_on_terminal(runtime: &str, what: &str, cmd: Command, expect_code: i32) ->
     let mut pty = Pty::open(33, 77);
     let mut child = pty.spawn(cmd);
     pty.expect("size 33 77", Duration::from_secs(600));
-    nix::unistd::write(&pty.master, b"typed\r").unwrap();
+    pty.write(b"typed\r");
     pty.expect("got typed", Duration::from_secs(120));
     let deadline = Instant::now() + Duration::from_secs(120);
     let code = loop {
