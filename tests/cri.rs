@@ -18,12 +18,14 @@
 mod containerd;
 #[path = "helpers/cri_client.rs"]
 mod cri_client;
+#[path = "helpers/requirements.rs"]
+mod requirements;
 
 use containerd::{busybox_image_tar, daemon_dir, processes_mentioning, Daemon};
 use cri_client::CriClient;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,40 +34,24 @@ const K8S_NS: &str = "k8s.io";
 const TAP: &str = "tap0_mvrun";
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("containerd's CRI plugin and CNI need root".into());
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Some("/dev/kvm is missing or not usable".into());
-    }
-    for (bin, pkg) in [
-        ("/usr/bin/containerd", "containerd"),
-        ("/usr/bin/ctr", "containerd"),
-        ("/usr/bin/containerd-shim-runc-v2", "containerd"),
-        ("/usr/sbin/runc", "runc"),
-        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
-        ("/usr/lib/cni/host-local", "containernetworking-plugins"),
-        ("/usr/lib/cni/loopback", "containernetworking-plugins"),
-        ("/bin/busybox", "busybox-static"),
-        ("/usr/bin/mkfs.erofs", "erofs-utils"),
-        ("/usr/sbin/ip", "iproute2"),
-        ("/usr/sbin/tc", "iproute2"),
-    ] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} is missing (install Debian's {pkg})"));
-        }
-    }
-    let installed = Path::new("/usr/local/lib/mvrun/guest-init").exists();
-    if std::env::var_os("MVRUN_GUEST_INIT").is_none() && !installed {
-        return Some("no static guest-init (set MVRUN_GUEST_INIT or run scripts/build.sh)".into());
-    }
-    None
+    requirements::root("containerd's CRI plugin and CNI")
+        .or_else(requirements::kvm)
+        .or_else(|| {
+            requirements::programs(&[
+                ("/usr/bin/containerd", "containerd"),
+                ("/usr/bin/ctr", "containerd"),
+                ("/usr/bin/containerd-shim-runc-v2", "containerd"),
+                ("/usr/sbin/runc", "runc"),
+                ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+                ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+                ("/usr/lib/cni/loopback", "containernetworking-plugins"),
+                ("/bin/busybox", "busybox-static"),
+                ("/usr/bin/mkfs.erofs", "erofs-utils"),
+                ("/usr/sbin/ip", "iproute2"),
+                ("/usr/sbin/tc", "iproute2"),
+            ])
+        })
+        .or_else(requirements::guest_init)
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {

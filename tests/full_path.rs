@@ -8,6 +8,8 @@
 
 #[path = "helpers/pty.rs"]
 mod pty;
+#[path = "helpers/requirements.rs"]
+mod requirements;
 
 use pty::Pty;
 use std::io::Write;
@@ -19,25 +21,10 @@ const MVRUN: &str = env!("CARGO_BIN_EXE_mvrun");
 
 /// Why the full path cannot run on this machine, if it cannot.
 fn skip_reason() -> Option<String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Some("/dev/kvm is missing or not usable".into());
-    }
-    let gi = std::env::var_os("MVRUN_GUEST_INIT");
-    let installed = Path::new("/usr/local/lib/mvrun/guest-init").exists();
-    if gi.is_none() && !installed {
-        return Some("no static guest-init (set MVRUN_GUEST_INIT or run scripts/build.sh)".into());
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some(
-            "Debian's busybox-static is not installed (the built-in image is made from it)".into(),
-        );
-    }
-    None
+    // busybox-static: the built-in image is made from it.
+    requirements::kvm()
+        .or_else(requirements::guest_init)
+        .or_else(|| requirements::programs(&[("/bin/busybox", "busybox-static")]))
 }
 
 macro_rules! require_full_path {

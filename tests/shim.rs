@@ -13,6 +13,8 @@
 mod containerd;
 #[path = "helpers/pty.rs"]
 mod pty;
+#[path = "helpers/requirements.rs"]
+mod requirements;
 
 use containerd::{busybox_image_tar, daemon_dir, processes_mentioning, Daemon};
 use pty::Pty;
@@ -32,34 +34,18 @@ const APPLETS: &[&str] = &[
 ];
 
 fn skip_reason() -> Option<String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Some("/dev/kvm is missing or not usable".into());
-    }
-    for (bin, pkg) in [
-        ("/usr/bin/containerd", "containerd"),
-        ("/usr/bin/ctr", "containerd"),
-        ("/usr/sbin/runc", "runc"),
-        ("/bin/busybox", "busybox-static"),
-        ("/usr/bin/mkfs.erofs", "erofs-utils"),
-    ] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} is missing (install Debian's {pkg})"));
-        }
-    }
-    let installed = Path::new("/usr/local/lib/mvrun/guest-init").exists();
-    if std::env::var_os("MVRUN_GUEST_INIT").is_none() && !installed {
-        return Some("no static guest-init (set MVRUN_GUEST_INIT or run scripts/build.sh)".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("containerd needs root".into());
-    }
-    None
+    requirements::kvm()
+        .or_else(|| {
+            requirements::programs(&[
+                ("/usr/bin/containerd", "containerd"),
+                ("/usr/bin/ctr", "containerd"),
+                ("/usr/sbin/runc", "runc"),
+                ("/bin/busybox", "busybox-static"),
+                ("/usr/bin/mkfs.erofs", "erofs-utils"),
+            ])
+        })
+        .or_else(requirements::guest_init)
+        .or_else(|| requirements::root("containerd"))
 }
 
 macro_rules! require {
