@@ -1,10 +1,11 @@
 //! `mvrun-bench`: mvrun's benchmarks, each against its peers in the same run.
 //!
-//! `cargo run --release --bin mvrun-bench -- [--quick] [--runs N] [--out DIR] [--only NAME]...` writes `results.json`,
-//! `results.csv`, one PNG per measured figure and `summary.md` to DIR (default `bench-results/`), and prints the
-//! summary table. `--quick` runs one iteration with small N: the test suite runs it so the harness cannot rot.
-//! `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, ... up to `--max-n`); `--append` keeps
-//! the series of the benchmarks not run now from DIR's results.json, so benchmarks can run one at a time into one directory.
+//! `mvrun-bench [--quick] [--runs N] [--max-n N] [--append] [--report] [--out DIR] [--only NAME]...` writes
+//! `results.json`, `results.csv`, `notes.json`, one PNG per measured figure and `summary.md` to DIR (default
+//! `bench-results/`), and prints the summary table. `--quick` runs one iteration with small N: the test suite runs it
+//! so the harness cannot rot. `--runs N` sets every benchmark's iterations (density's N stays 1, 2, 4, ... up to
+//! `--max-n`); `--append` keeps the series of the benchmarks not run now from DIR's results.json, so benchmarks can
+//! run one at a time into one directory; `--report` only rewrites DIR's summary and plots.
 //!
 //! Benchmarks: `cold-start` (mvrun run vs runc run of the same rootfs), `vmm-peer` (QEMU microvm vs mvrun vm boot
 //! on the same kernel and initramfs, time to init's marker), `kernel-boot` (the guest kernel's boot to init: boot
